@@ -1,0 +1,6 @@
+"""Neural-network modules."""
+
+from .nonlocal_block import NonLocalBlock1d, NonLocalBlock2d, NonLocalBlock3d
+from .presets import PRESETS, make_divisible
+
+__all__ = ["PRESETS", "NonLocalBlock1d", "NonLocalBlock2d", "NonLocalBlock3d", "make_divisible"]

@@ -1,0 +1,387 @@
+r"""The non-local block on 1-D, 2-D and 3-D feature maps (dense equivalence mode)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any, ClassVar, Literal, overload
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .._validate import check_choice, check_float_tensor, check_positive_int, describe
+from ..attention import Attention
+from ..ops import nonlocal_aggregate
+from ..ops.dispatch import KERNELS
+from ..pairwise import MODES, Pairwise, resolve_scale
+
+__all__ = ["NonLocalBlock1d", "NonLocalBlock2d", "NonLocalBlock3d"]
+
+WEIGHT_INITS: tuple[str, ...] = ("pytorch", "normal", "kaiming", "mmcv")
+NORMS: tuple[Any, ...] = ("batch", None)
+PLACEMENTS: tuple[str, ...] = ("after", "before")
+GRAPHS: tuple[str, ...] = ("full",)
+
+_CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+_BATCHNORM = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
+_MAXPOOL = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
+_SHAPE = {1: "(B, C, L)", 2: "(B, C, H, W)", 3: "(B, C, T, H, W)"}
+_DEFAULTS: dict[str, Any] = dict(
+    mode="embedded_gaussian", sub_sample=True, pool_size=None, pool_placement="after",
+    scale=None, norm="batch", zero_init=True, out_bias=True, weight_init="pytorch",
+    norm_eps=1e-5, norm_momentum=0.1, graph="full", backend="auto",
+)  # fmt: skip
+
+
+class _NonLocalBlockNd(nn.Module):
+    r"""Non-local block of Wang et al., "Non-local Neural Networks", CVPR 2018,
+    https://arxiv.org/abs/1711.07971, on a ``dims``-D feature map.
+
+    .. math::
+        y_i = \frac{1}{C_i} \sum_{j} f(\theta_i, \phi_j)\, g_j, \qquad
+        z_i = x_i + \mathrm{Norm}(W_z\, y_i + b_z)
+
+    with :math:`\theta = W_\theta x + b_\theta` over the N positions of x (queries) and
+    :math:`\phi, g` over the N' positions of the key/value map (x, max-pooled when
+    ``sub_sample``). :math:`f` and :math:`C_i` follow ``mode`` (see :mod:`nlgraph.pairwise`):
+    softmax over the keys for the two Gaussians, division by N' for dot product and
+    concatenation. In the Gaussian mode :math:`\theta_i = x_i` and :math:`\phi_j` is the
+    (pooled) raw input.
+
+    Args:
+        in_channels (int): C, channels of the input map.
+        inter_channels (int, optional): C', width of θ, φ, g. (default: ``max(C // 2, 1)``)
+        mode (str): ``"gaussian"``, ``"embedded_gaussian"``, ``"dot_product"`` or
+            ``"concatenation"``. (default: ``"embedded_gaussian"``)
+        sub_sample (bool): max-pool the keys and values, kernel = stride = ``pool_size``, floor
+            rounding (trailing rows that do not fill a window are dropped). (default: ``True``)
+        pool_size (int or tuple, optional): pooling window per spatial axis. (default: 2 in 1-D,
+            (2, 2) in 2-D, (1, 2, 2) in 3-D: time is not pooled)
+        pool_placement (str): ``"after"`` pools the projected φ(x), g(x) (AlexHex7, mmcv);
+            ``"before"`` pools x once and projects the pooled map (Caffe2, SlowFast). The two
+            differ numerically. (default: ``"after"``)
+        scale (str or float, optional): temperature of the embedded-Gaussian logits: ``None``
+            (none), ``"inner"`` (:math:`C'^{-1/2}`), ``"input"`` (:math:`C^{-1/2}`, timm) or a
+            float. Only valid with ``mode="embedded_gaussian"``. (default: ``None``)
+        norm (str, optional): ``"batch"`` (BatchNormNd after :math:`W_z`) or ``None``.
+            (default: ``"batch"``)
+        zero_init (bool): zero the norm's weight and bias (or :math:`W_z` and :math:`b_z` when
+            ``norm=None``) so that the block is the identity at construction. (default: ``True``)
+        out_bias (bool): give :math:`W_z` a bias. (default: ``True``)
+        weight_init (str): ``"pytorch"`` (PyTorch's default conv init, AlexHex7),
+            ``"normal"`` (every conv N(0, 0.01²), biases 0: Caffe2), ``"kaiming"`` (every conv
+            Kaiming-normal fan_out/ReLU, biases 0: timm, SlowFast's model initialiser) or
+            ``"mmcv"`` (θ, φ, g N(0, 0.01²); :math:`W_z` and the concatenation projection
+            Kaiming-normal fan_out; biases 0). Applied before ``zero_init``.
+            (default: ``"pytorch"``)
+        norm_eps (float): epsilon of the BatchNorm. (default: ``1e-5``)
+        norm_momentum (float): momentum of the BatchNorm. (default: ``0.1``)
+        graph (str): the edge set; ``"full"`` (all pairs) in this release. (default: ``"full"``)
+        backend (str): kernel for :func:`nlgraph.ops.nonlocal_aggregate`. (default: ``"auto"``)
+        device, dtype: forwarded to every parameter.
+
+    Shapes:
+        - input x: (B, C, \*S); N = prod(S) queries; N' = prod(floor(S_d / pool_d)) keys with
+          ``sub_sample`` (else N' = N)
+        - output z: (B, C, \*S); ``attn.to_dense()``: (B, N, N') (``return_attention=True``)
+
+    Attributes:
+        theta, phi: ConvNd(C, C', 1) with bias (``None`` in the Gaussian mode)
+        g: ConvNd(C, C', 1) with bias
+        w_z: ConvNd(C', C, 1), bias iff ``out_bias``
+        norm: BatchNormNd(C) or ``None``
+        concat_project: Linear(2C', 1, bias=False), weight [u; w] (θ half first), in the
+            concatenation mode only (``None`` otherwise)
+
+    Raises:
+        ValueError: an unknown option, a wrong input rank or channel count, or a map too small
+            to pool (no keys left).
+        TypeError: an integer or mismatched input dtype.
+    """
+
+    dims: ClassVar[int] = 0
+    default_pool_size: ClassVar[tuple[int, ...]] = ()
+
+    def __init__(
+        self,
+        in_channels: int,
+        inter_channels: int | None = None,
+        *,
+        mode: str = "embedded_gaussian",
+        sub_sample: bool = True,
+        pool_size: int | tuple[int, ...] | None = None,
+        pool_placement: str = "after",
+        scale: str | float | None = None,
+        norm: str | None = "batch",
+        zero_init: bool = True,
+        out_bias: bool = True,
+        weight_init: str = "pytorch",
+        norm_eps: float = 1e-5,
+        norm_momentum: float = 0.1,
+        graph: str = "full",
+        backend: str = "auto",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        check_positive_int("in_channels", in_channels)
+        if inter_channels is None:
+            inter_channels = max(in_channels // 2, 1)
+        check_positive_int("inter_channels", inter_channels)
+        check_choice("mode", mode, MODES)
+        check_choice("pool_placement", pool_placement, PLACEMENTS)
+        check_choice("norm", norm, NORMS)
+        check_choice("weight_init", weight_init, WEIGHT_INITS)
+        check_choice("graph", graph, GRAPHS)
+        check_choice("backend", backend, ("auto", *KERNELS))
+        if scale is not None and mode != "embedded_gaussian":
+            raise ValueError(
+                f"scale: expected None for mode {mode!r} (a temperature only multiplies the "
+                f"embedded-Gaussian logits), got {scale!r}"
+            )
+        self.in_channels = in_channels
+        self.inter_channels = inter_channels
+        self.mode = mode
+        self.sub_sample = bool(sub_sample)
+        self.pool_size = self._normalise_pool_size(pool_size)
+        self.pool_placement = pool_placement
+        self.scale = scale
+        self.scale_factor = resolve_scale(scale, in_channels, inter_channels)
+        self.zero_init = bool(zero_init)
+        self.out_bias = bool(out_bias)
+        self.weight_init = weight_init
+        self.graph = graph
+        self.backend = backend
+
+        fk: dict[str, Any] = {"device": device, "dtype": dtype}
+        conv = _CONV[self.dims]
+        self.g = conv(in_channels, inter_channels, 1, **fk)
+        if mode == "gaussian":
+            self.theta = self.phi = None
+        else:
+            self.theta = conv(in_channels, inter_channels, 1, **fk)
+            self.phi = conv(in_channels, inter_channels, 1, **fk)
+        self.w_z = conv(inter_channels, in_channels, 1, bias=out_bias, **fk)
+        self.norm = (
+            _BATCHNORM[self.dims](in_channels, eps=norm_eps, momentum=norm_momentum, **fk)
+            if norm == "batch"
+            else None
+        )
+        self.concat_project = (
+            nn.Linear(2 * inter_channels, 1, bias=False, **fk) if mode == "concatenation" else None
+        )
+        self.reset_parameters()
+
+    # ------------------------------------------------------------------ construction helpers
+    def _normalise_pool_size(self, pool_size: int | tuple[int, ...] | None) -> tuple[int, ...]:
+        if pool_size is None:
+            return self.default_pool_size
+        if isinstance(pool_size, int) and not isinstance(pool_size, bool):
+            pool_size = (pool_size,) * self.dims
+        if (
+            not isinstance(pool_size, (tuple, list))
+            or len(pool_size) != self.dims
+            or not all(isinstance(p, int) and not isinstance(p, bool) and p >= 1 for p in pool_size)
+        ):
+            raise ValueError(
+                f"pool_size: expected a positive int or a tuple of {self.dims} positive ints, "
+                f"got {pool_size!r}"
+            )
+        return tuple(pool_size)
+
+    def reset_parameters(self) -> None:
+        """Re-initialise every parameter by ``weight_init``, then apply ``zero_init``."""
+        convs = [m for m in (self.theta, self.phi, self.g, self.w_z) if m is not None]
+        if self.norm is not None:
+            self.norm.reset_parameters()
+        for m in (*convs, self.concat_project):
+            if m is None:
+                continue
+            if self.weight_init == "pytorch":
+                m.reset_parameters()
+                continue
+            kaiming = self.weight_init == "kaiming" or (
+                self.weight_init == "mmcv" and m in (self.w_z, self.concat_project)
+            )
+            if kaiming:
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            else:
+                nn.init.normal_(m.weight, std=0.01)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        if self.zero_init:
+            target = self.norm if self.norm is not None else self.w_z
+            nn.init.zeros_(target.weight)
+            if target.bias is not None:
+                nn.init.zeros_(target.bias)
+
+    # ------------------------------------------------------------------ forward
+    def pairwise(self) -> Pairwise:
+        """The block's pairwise function (with the concatenation weight when needed)."""
+        if self.mode == "concatenation":
+            return Pairwise(self.mode, concat_weight=self.concat_project.weight.reshape(-1))
+        scale = self.scale_factor if self.mode == "embedded_gaussian" else 1.0
+        return Pairwise(self.mode, scale=scale)
+
+    def num_keys(self, spatial: tuple[int, ...]) -> int:
+        """N', the number of key positions for a map of spatial size ``spatial``."""
+        if not self.sub_sample:
+            return math.prod(spatial)
+        return math.prod(s // p for s, p in zip(spatial, self.pool_size))
+
+    def _check_input(self, x: Any) -> None:
+        check_float_tensor("x", x)
+        if x.dim() != self.dims + 2:
+            raise ValueError(
+                f"x: expected a {self.dims + 2}-D tensor {_SHAPE[self.dims]}, got {describe(x)}"
+            )
+        if x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"x: expected {self.in_channels} channels (dim 1), got {x.shape[1]} "
+                f"in {describe(x)}"
+            )
+        weight = self.g.weight
+        if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
+            raise TypeError(
+                f"x: expected dtype {weight.dtype} (the block's parameters), got {x.dtype}"
+            )
+        if x.device != weight.device:
+            raise ValueError(
+                f"x: expected device {weight.device} (the block's parameters), got {x.device}"
+            )
+        spatial = tuple(x.shape[2:])
+        if self.num_keys(spatial) < 1:
+            raise ValueError(
+                f"x: spatial size {spatial} leaves no keys after sub-sampling with pool_size "
+                f"{self.pool_size}; expected every axis >= its pool size (or sub_sample=False)"
+            )
+
+    def _pool(self, t: Tensor) -> Tensor:
+        return _MAXPOOL[self.dims](t, kernel_size=self.pool_size, stride=self.pool_size)
+
+    def embed(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Queries, keys and values, channels last: (B, N, Cq), (B, N', Cq), (B, N', C')."""
+        pool = self.sub_sample
+        before = pool and self.pool_placement == "before"
+        x_kv = self._pool(x) if before else x
+        value = self.g(x_kv)
+        if pool and not before:
+            value = self._pool(value)
+        if self.mode == "gaussian":
+            query, key = x, (self._pool(x) if pool else x)
+        else:
+            query, key = self.theta(x), self.phi(x_kv)
+            if pool and not before:
+                key = self._pool(key)
+        return tuple(t.flatten(2).transpose(1, 2) for t in (query, key, value))
+
+    @overload
+    def forward(self, x: Tensor, return_attention: Literal[False] = ...) -> Tensor: ...
+
+    @overload
+    def forward(self, x: Tensor, return_attention: Literal[True]) -> tuple[Tensor, Attention]: ...
+
+    def forward(self, x: Tensor, return_attention: bool = False) -> Tensor | tuple[Tensor, Attention]:
+        """z = x + Norm(W_z y); with ``return_attention=True`` also the weights (see class doc)."""
+        self._check_input(x)
+        query, key, value = self.embed(x)
+        out = nonlocal_aggregate(
+            query, key, value, self.pairwise(),
+            graph=self.graph, backend=self.backend, return_attention=return_attention,
+        )  # fmt: skip
+        y, attn = out if return_attention else (out, None)
+        y = y.transpose(1, 2).reshape(x.shape[0], self.inter_channels, *x.shape[2:])
+        z = self.w_z(y)
+        if self.norm is not None:
+            z = self.norm(z)
+        z = x + z
+        return (z, attn) if return_attention else z
+
+    # ------------------------------------------------------------------ presets and layouts
+    @classmethod
+    def from_preset(cls, name: str, in_channels: int, **overrides: Any) -> _NonLocalBlockNd:
+        """A fresh block with the defaults of a public implementation.
+
+        Args:
+            name (str): ``"alexhex7"``, ``"mmcv"``, ``"timm"``, ``"slowfast"`` or ``"caffe2"``
+                (see :mod:`nlgraph.nn.presets` for what each sets).
+            in_channels (int): C.
+            **overrides: any constructor argument, replacing the preset's value.
+        """
+        from .presets import preset_kwargs
+
+        return cls(in_channels, **preset_kwargs(name, in_channels, cls.dims, overrides))
+
+    @classmethod
+    def from_reference(
+        cls,
+        state_dict: Mapping[str, Any],
+        layout: str,
+        *,
+        mode: str = "embedded_gaussian",
+        sub_sample: bool | None = None,
+        **overrides: Any,
+    ) -> _NonLocalBlockNd:
+        """A block holding the weights of a public implementation's state_dict.
+
+        See :func:`nlgraph.compat.from_reference` for the layouts and their semantics.
+        """
+        from ..compat import from_reference
+
+        return from_reference(
+            state_dict, layout, dims=cls.dims, mode=mode, sub_sample=sub_sample, **overrides
+        )
+
+    def to_reference(self, layout: str, **kwargs: Any) -> dict[str, Tensor]:
+        """This block's weights as a state_dict in a public layout (exact round trip).
+
+        See :func:`nlgraph.compat.to_reference`.
+        """
+        from ..compat import to_reference
+
+        return to_reference(self, layout, **kwargs)
+
+    def extra_repr(self) -> str:
+        parts = [f"{self.in_channels}", f"{self.inter_channels}"]
+        current = dict(
+            mode=self.mode, sub_sample=self.sub_sample,
+            pool_size=None if self.pool_size == self.default_pool_size else self.pool_size,
+            pool_placement=self.pool_placement, scale=self.scale,
+            norm="batch" if self.norm is not None else None, zero_init=self.zero_init,
+            out_bias=self.out_bias, weight_init=self.weight_init,
+            norm_eps=self.norm.eps if self.norm is not None else 1e-5,
+            norm_momentum=self.norm.momentum if self.norm is not None else 0.1,
+            graph=self.graph, backend=self.backend,
+        )  # fmt: skip
+        for key, value in current.items():
+            if value != _DEFAULTS[key]:
+                parts.append(f"{key}={value}")
+        return ", ".join(parts)
+
+
+class NonLocalBlock1d(_NonLocalBlockNd):
+    __doc__ = _NonLocalBlockNd.__doc__.replace("``dims``-D", "1-D (sequence)") + (
+        "\n    Example:\n        >>> NonLocalBlock1d(16)(torch.randn(2, 16, 50)).shape\n"
+        "        torch.Size([2, 16, 50])\n"
+    )
+    dims = 1
+    default_pool_size = (2,)
+
+
+class NonLocalBlock2d(_NonLocalBlockNd):
+    __doc__ = _NonLocalBlockNd.__doc__.replace("``dims``-D", "2-D (image)") + (
+        "\n    Example:\n        >>> NonLocalBlock2d(64)(torch.randn(2, 64, 16, 16)).shape\n"
+        "        torch.Size([2, 64, 16, 16])\n"
+    )
+    dims = 2
+    default_pool_size = (2, 2)
+
+
+class NonLocalBlock3d(_NonLocalBlockNd):
+    __doc__ = _NonLocalBlockNd.__doc__.replace("``dims``-D", "3-D (video)") + (
+        "\n    Example:\n        >>> NonLocalBlock3d(32)(torch.randn(1, 32, 4, 8, 8)).shape\n"
+        "        torch.Size([1, 32, 4, 8, 8])\n"
+    )
+    dims = 3
+    default_pool_size = (1, 2, 2)

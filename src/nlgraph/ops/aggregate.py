@@ -1,0 +1,96 @@
+"""The one aggregation entry point every nlgraph module calls."""
+
+from __future__ import annotations
+
+from typing import Literal, overload
+
+from torch import Tensor
+
+from ..attention import Attention
+from ..pairwise import Pairwise
+from .dispatch import select_kernel
+from .inputs import AggregateInputs
+
+__all__ = ["nonlocal_aggregate"]
+
+
+@overload
+def nonlocal_aggregate(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    pairwise: Pairwise | str,
+    *,
+    graph: str = ...,
+    backend: str = ...,
+    return_attention: Literal[False] = ...,
+) -> Tensor: ...
+
+
+@overload
+def nonlocal_aggregate(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    pairwise: Pairwise | str,
+    *,
+    graph: str = ...,
+    backend: str = ...,
+    return_attention: Literal[True],
+) -> tuple[Tensor, Attention]: ...
+
+
+def nonlocal_aggregate(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    pairwise: Pairwise | str,
+    *,
+    graph: str = "full",
+    backend: str = "auto",
+    return_attention: bool = False,
+) -> Tensor | tuple[Tensor, Attention]:
+    r"""Aggregate values over a graph with a non-local pairwise function.
+
+    Wang et al., "Non-local Neural Networks", CVPR 2018, https://arxiv.org/abs/1711.07971.
+
+    .. math::
+        y_i = \frac{1}{C_i} \sum_{j \in N(i)} f(q_i, k_j)\, v_j
+
+    with :math:`f` and :math:`C_i` given by ``pairwise`` (:class:`nlgraph.pairwise.Pairwise`)
+    and :math:`N(i)` by ``graph`` (``"full"``: every key, so :math:`|N(i)| = N'`).
+
+    Args:
+        query (Tensor): q, (B, N, Cq). For the Gaussian mode the raw input x.
+        key (Tensor): k, (B, N', Cq).
+        value (Tensor): v, (B, N', Cv).
+        pairwise (Pairwise or str): the pairwise function; a mode string means
+            ``Pairwise(mode)`` (scale 1; ``"concatenation"`` needs a Pairwise with its weight).
+        graph (str): the edge set; ``"full"`` in this release. (default: ``"full"``)
+        backend (str): ``"auto"`` or a kernel NAME (``"dense"``). (default: ``"auto"``)
+        return_attention (bool): also return the weights as an
+            :class:`nlgraph.attention.Attention` (builds the (B, N, N') matrix).
+            (default: ``False``)
+
+    Returns:
+        Tensor: y, (B, N, Cv); or ``(y, attn)`` with ``return_attention=True``.
+
+    Raises:
+        TypeError: a non-float tensor, mixed dtypes or a bad ``pairwise``.
+        ValueError: inconsistent shapes or devices, an unknown graph, mode or backend, or a
+            backend that cannot run the inputs.
+
+    Example:
+        >>> q, k, v = torch.randn(2, 100, 16), torch.randn(2, 25, 16), torch.randn(2, 25, 8)
+        >>> nonlocal_aggregate(q, k, v, "embedded_gaussian").shape
+        torch.Size([2, 100, 8])
+    """
+    if isinstance(pairwise, str):
+        pairwise = Pairwise(pairwise)
+    inp = AggregateInputs(query, key, value, pairwise, graph, bool(return_attention))
+    inp.validate()
+    kernel = select_kernel(inp, backend)
+    y, attn = kernel.apply(inp)
+    if return_attention:
+        return y, attn
+    return y

@@ -1,0 +1,51 @@
+"""Choosing a kernel for :func:`nlgraph.ops.nonlocal_aggregate`.
+
+``backend="auto"`` walks a priority list and takes the first kernel with no
+``not_supported_reasons``; it reads shapes, dtypes, devices and the graph kind only, never
+tensor values (no host synchronisation, safe under ``torch.compile``). In this release the full
+graph has one kernel, ``dense``; the ``regular`` and ``coo`` graph kernels slot into the same list.
+"""
+
+from __future__ import annotations
+
+from .inputs import AggregateInputs
+from .kernels.base import Kernel
+from .kernels.dense import DenseKernel
+
+__all__ = ["KERNELS", "priority_list", "select_kernel"]
+
+#: Every kernel by NAME.
+KERNELS: dict[str, type[Kernel]] = {DenseKernel.NAME: DenseKernel}
+
+
+def priority_list(inp: AggregateInputs) -> list[type[Kernel]]:
+    """Kernels to try for ``inp``, best first."""
+    return [DenseKernel]
+
+
+def select_kernel(inp: AggregateInputs, backend: str = "auto") -> type[Kernel]:
+    """The kernel that runs ``inp``.
+
+    Raises:
+        ValueError: ``backend`` is unknown, or names a kernel that cannot run ``inp`` (with its
+            reasons).
+        NotImplementedError: ``backend="auto"`` and no kernel can run ``inp`` (every kernel's
+            reasons listed).
+    """
+    if backend == "auto":
+        reasons = {}
+        for kernel in priority_list(inp):
+            why = kernel.not_supported_reasons(inp)
+            if not why:
+                return kernel
+            reasons[kernel.NAME] = why
+        listed = "\n".join(f"  {name}: {'; '.join(why)}" for name, why in reasons.items())
+        raise NotImplementedError(f"backend: no kernel supports these inputs:\n{listed}")
+    if backend not in KERNELS:
+        names = ", ".join(repr(n) for n in ("auto", *KERNELS))
+        raise ValueError(f"backend: expected one of {names}, got {backend!r}")
+    kernel = KERNELS[backend]
+    why = kernel.not_supported_reasons(inp)
+    if why:
+        raise ValueError(f"backend: {backend!r} cannot run these inputs: {'; '.join(why)}")
+    return kernel

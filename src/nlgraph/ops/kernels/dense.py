@@ -1,0 +1,98 @@
+r"""The ``dense`` kernel: all pairs, with exact fast paths and no N×N' tensor.
+
+- Softmax modes (Gaussian, embedded Gaussian): :func:`torch.nn.functional.scaled_dot_product_attention`
+  on contiguous (B, 1, N, d) tensors, so PyTorch's fused (flash) kernel runs with O(N·d)
+  memory. The fused CPU kernel needs equal query and value widths; when they differ (Gaussian
+  mode: queries/keys are the C raw channels, values C') the narrower side is zero-padded,
+  which changes neither the logits nor the kept output columns.
+- Dot product: :math:`y = q\,(k^\top v) / N'` — a (Cq, Cv) matrix instead of (N, N'); the
+  direct order is used when it is cheaper (tiny N').
+- Concatenation: :math:`y_i = \frac{1}{N'}\sum_{j:\,b_j > -a_i} (a_i + b_j)\,v_j
+  = \frac{1}{N'}\bigl[a_i\,S_v(t_i) + S_{bv}(t_i)\bigr]` with the keys sorted by
+  :math:`b` ascending, :math:`S_v, S_{bv}` suffix sums of :math:`v` and :math:`b\,v` and
+  :math:`t_i` the first sorted key with :math:`b > -a_i` (a binary search). O((N + N') log N')
+  work, O((N + N')·Cv) memory; autograd through sort, gathers and cumulative sums gives the
+  exact gradient (the ReLU kink has measure zero).
+- ``return_attention=True`` builds the (B, N, N') weights and multiplies them with v.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ...attention import Attention
+from ...pairwise import MODES, Pairwise
+from ..inputs import AggregateInputs
+from .base import Kernel
+
+__all__ = ["DenseKernel", "concatenation_sorted", "dot_product_reassociated", "softmax_fused"]
+
+
+def softmax_fused(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
+    """softmax(scale·q kᵀ) v through fused SDPA. q, k: (B, N|N', d), v: (B, N', dv) → (B, N, dv)."""
+    d, dv = q.shape[-1], v.shape[-1]
+    if dv < d:
+        v = F.pad(v, (0, d - dv))
+    elif d < dv:
+        q, k = F.pad(q, (0, dv - d)), F.pad(k, (0, dv - d))
+    # (B, 1, N, d), contiguous in the last dim: the layout the fused kernel accepts.
+    out = F.scaled_dot_product_attention(
+        q.unsqueeze(1).contiguous(),
+        k.unsqueeze(1).contiguous(),
+        v.unsqueeze(1).contiguous(),
+        scale=scale,
+    )
+    return out.squeeze(1)[..., :dv]
+
+
+def dot_product_reassociated(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """(q kᵀ / N') v computed in the cheaper order; no N×N' tensor when Cq < N'."""
+    n, m, d, dv = q.shape[1], k.shape[1], q.shape[2], v.shape[2]
+    if m * d * dv + n * d * dv <= n * m * (d + dv):
+        return q @ (k.transpose(1, 2) @ v) / m
+    return (q @ k.transpose(1, 2)) @ v / m
+
+
+def concatenation_sorted(a: Tensor, b: Tensor, v: Tensor) -> Tensor:
+    r"""mean_j ReLU(a_i + b_j) v_j for a (B, N), b (B, N'), v (B, N', dv) → (B, N, dv)."""
+    m = b.shape[1]
+    b_sorted, order = torch.sort(b, dim=1)
+    v_sorted = torch.gather(v, 1, order.unsqueeze(-1).expand_as(v))
+    zero = v.new_zeros(v.shape[0], 1, v.shape[2])
+    # Suffix sums S[t] = sum_{j >= t} (sorted order), with S[N'] = 0: shape (B, N' + 1, dv).
+    s_v = torch.cat([v_sorted.flip(1).cumsum(1).flip(1), zero], dim=1)
+    s_bv = torch.cat([(b_sorted.unsqueeze(-1) * v_sorted).flip(1).cumsum(1).flip(1), zero], dim=1)
+    # t_i: first sorted key with b_j > -a_i, i.e. a_i + b_j > 0.
+    t = torch.searchsorted(b_sorted.detach().contiguous(), (-a).detach().contiguous(), right=True)
+    idx = t.unsqueeze(-1).expand(-1, -1, v.shape[2])
+    y = a.unsqueeze(-1) * torch.gather(s_v, 1, idx) + torch.gather(s_bv, 1, idx)
+    return y / m
+
+
+class DenseKernel(Kernel):
+    """All pairs (the full graph) through the exact fast paths of this module."""
+
+    NAME = "dense"
+    SUPPORTED_GRAPHS = ("full",)
+    SUPPORTED_MODES = MODES
+    SUPPORTS_RETURN_ATTENTION = True
+    IS_DETERMINISTIC = True
+
+    @classmethod
+    def apply(cls, inp: AggregateInputs) -> tuple[Tensor, Attention | None]:
+        q, k, v, pw = inp.query, inp.key, inp.value, inp.pairwise
+        if inp.return_attention:
+            weights = pw.normalise_dense(pw.dense_scores(q, k))
+            return weights @ v, Attention(weights)
+        return cls._fast(pw, q, k, v), None
+
+    @staticmethod
+    def _fast(pw: Pairwise, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        if pw.is_softmax:
+            return softmax_fused(q, k, v, pw.scale)
+        if pw.mode == "dot_product":
+            return dot_product_reassociated(q, k, v)
+        a, b = pw.concat_terms(q, k)
+        return concatenation_sorted(a, b, v)

@@ -1,0 +1,130 @@
+r"""The four pairwise functions of the non-local block and their normalisation.
+
+Wang et al., "Non-local Neural Networks", CVPR 2018, https://arxiv.org/abs/1711.07971.
+
+A pairwise function is two small things: a score :math:`f(q_i, k_j)` on an edge and a
+per-query normaliser :math:`C_i`:
+
+.. math::
+    y_i = \frac{1}{C_i} \sum_{j \in N(i)} f(q_i, k_j)\, v_j
+
+=====================  ==========================================  ===========================
+mode                   :math:`f(q_i, k_j)`                         :math:`C_i`
+=====================  ==========================================  ===========================
+``gaussian``           :math:`\exp(x_i \cdot x_j)` (raw input)     :math:`\sum_{j\in N(i)} f`
+``embedded_gaussian``  :math:`\exp(s\, \theta_i \cdot \phi_j)`     :math:`\sum_{j\in N(i)} f`
+``dot_product``        :math:`\theta_i \cdot \phi_j`               :math:`|N(i)|`
+``concatenation``      :math:`\mathrm{ReLU}(u\cdot\theta_i + w\cdot\phi_j)`  :math:`|N(i)|`
+=====================  ==========================================  ===========================
+
+On the full graph :math:`|N(i)| = N'`, the number of keys after sub-sampling, which is what
+every public implementation divides by. Kernels (:mod:`nlgraph.ops.kernels`) only enumerate
+edges; this module knows the formulas.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ._validate import check_choice
+
+__all__ = ["MODES", "SOFTMAX_MODES", "Pairwise", "resolve_scale"]
+
+#: The four pairwise functions, in the paper's order.
+MODES: tuple[str, ...] = ("gaussian", "embedded_gaussian", "dot_product", "concatenation")
+#: Modes normalised by a softmax over the neighbours (the others divide by the neighbour count).
+SOFTMAX_MODES: tuple[str, ...] = ("gaussian", "embedded_gaussian")
+
+
+def resolve_scale(scale: str | float | None, in_channels: int, inter_channels: int) -> float:
+    r"""Turn a ``scale`` option into the factor that multiplies the embedded-Gaussian logits.
+
+    Args:
+        scale (str, float or None): ``None`` (no temperature, factor 1), ``"inner"``
+            (:math:`C'^{-1/2}`, Caffe2/SlowFast/mmcv), ``"input"`` (:math:`C^{-1/2}`, timm) or a
+            positive float used as is.
+        in_channels (int): C, the block's input width.
+        inter_channels (int): C', the block's inner width.
+
+    Returns:
+        float: the factor s in :math:`\exp(s\,\theta_i\cdot\phi_j)`.
+    """
+    if scale is None:
+        return 1.0
+    if isinstance(scale, str):
+        check_choice("scale", scale, ("inner", "input"))
+        return (inter_channels if scale == "inner" else in_channels) ** -0.5
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+        raise TypeError(
+            "scale: expected None, 'inner', 'input' or a positive float, "
+            f"got {type(scale).__name__} {scale!r}"
+        )
+    if not math.isfinite(scale) or scale <= 0:
+        raise ValueError(f"scale: expected a positive finite float, got {scale!r}")
+    return float(scale)
+
+
+@dataclass(frozen=True, eq=False)
+class Pairwise:
+    r"""A pairwise function :math:`f` and its normaliser :math:`C` (see the module docstring).
+
+    Args:
+        mode (str): ``"gaussian"``, ``"embedded_gaussian"``, ``"dot_product"`` or
+            ``"concatenation"``.
+        scale (float): factor s multiplying the logits of the softmax modes (default ``1.0``).
+            The block passes 1.0 for ``"gaussian"``, as every reference does.
+        concat_weight (Tensor, optional): the ``concatenation`` projection :math:`[u; w]` of
+            shape (2C',) (query half first), i.e. the flattened weight of the 2C'→1 1x1 conv.
+            Required for ``"concatenation"``, ignored otherwise.
+
+    Shapes:
+        - queries q: (B, N, C'), keys k: (B, N', C')
+        - :meth:`dense_scores`: (B, N, N')
+    """
+
+    mode: str
+    scale: float = 1.0
+    concat_weight: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        check_choice("mode", self.mode, MODES)
+        if self.mode == "concatenation" and self.concat_weight is None:
+            raise ValueError(
+                "concat_weight: expected a (2C',) tensor for mode 'concatenation', got None"
+            )
+
+    @property
+    def is_softmax(self) -> bool:
+        """True for the two Gaussian modes (softmax normaliser), False for the count modes."""
+        return self.mode in SOFTMAX_MODES
+
+    def concat_terms(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
+        r"""The two halves :math:`a_i = u\cdot q_i` (B, N) and :math:`b_j = w\cdot k_j` (B, N')."""
+        assert self.concat_weight is not None  # guaranteed by __post_init__
+        u, w = self.concat_weight.to(q.dtype).chunk(2)
+        return q @ u, k @ w
+
+    def dense_scores(self, q: Tensor, k: Tensor) -> Tensor:
+        r"""All-pairs scores before normalisation, (B, N, N').
+
+        Logits :math:`s\,q_i\cdot k_j` for the softmax modes, :math:`q_i\cdot k_j` for the dot
+        product and :math:`\mathrm{ReLU}(a_i + b_j)` for concatenation. Builds an N×N' tensor:
+        used for ``return_attention`` and small problems only.
+        """
+        if self.mode == "concatenation":
+            a, b = self.concat_terms(q, k)
+            return torch.relu(a.unsqueeze(-1) + b.unsqueeze(-2))
+        scores = q @ k.transpose(-1, -2)
+        if self.is_softmax and self.scale != 1.0:
+            scores = scores * self.scale
+        return scores
+
+    def normalise_dense(self, scores: Tensor) -> Tensor:
+        """Normalise all-pairs scores over the keys (last axis): softmax, or division by N'."""
+        if self.is_softmax:
+            return torch.softmax(scores, dim=-1)
+        return scores / scores.shape[-1]
