@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal, Union
+from typing import Literal
 
 from torch import Tensor
 
 #: The four pairwise functions of Wang et al. (2018).
 Mode = Literal["gaussian", "embedded_gaussian", "dot_product", "concatenation"]
 #: Temperature of the embedded-Gaussian logits: none, C'^-1/2, C^-1/2, or a constant.
-Scale = Union[None, Literal["inner", "input"], float]
+Scale = Literal["inner", "input"] | float | None
 #: Where the key/value max-pool sits relative to the phi/g projections.
 PoolPlacement = Literal["after", "before"]
 #: Public weight layouts understood by :mod:`nlgraph.compat`.

@@ -282,7 +282,9 @@ class _NonLocalBlockNd(nn.Module):
     @overload
     def forward(self, x: Tensor, return_attention: Literal[True]) -> tuple[Tensor, Attention]: ...
 
-    def forward(self, x: Tensor, return_attention: bool = False) -> Tensor | tuple[Tensor, Attention]:
+    def forward(
+        self, x: Tensor, return_attention: bool = False
+    ) -> Tensor | tuple[Tensor, Attention]:
         """z = x + Norm(W_z y); with ``return_attention=True`` also the weights (see class doc)."""
         self._check_input(x)
         query, key, value = self.embed(x)

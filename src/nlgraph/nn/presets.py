@@ -91,7 +91,9 @@ def check_layout_support(name: str, dims: int, mode: str) -> None:
     check_choice(f"mode ({name!r})", mode, supported_modes)
 
 
-def preset_kwargs(name: str, in_channels: int, dims: int, overrides: dict[str, Any]) -> dict[str, Any]:
+def preset_kwargs(
+    name: str, in_channels: int, dims: int, overrides: dict[str, Any]
+) -> dict[str, Any]:
     """Constructor kwargs for preset ``name``, with ``overrides`` applied on top."""
     check_choice("name", name, PRESETS)
     mode = overrides.get("mode", "embedded_gaussian")

@@ -45,9 +45,7 @@ class AggregateInputs:
             if t.dim() != 3:
                 raise ValueError(f"{name}: expected a 3-D tensor (B, *, C), got {describe(t)}")
         q, k, v = self.query, self.key, self.value
-        listing = (
-            f"query: {describe(q)}\n  key: {describe(k)}\n  value: {describe(v)}"
-        )
+        listing = f"query: {describe(q)}\n  key: {describe(k)}\n  value: {describe(v)}"
         if not (q.dtype == k.dtype == v.dtype):
             raise TypeError(f"query/key/value: expected one dtype, got\n  {listing}")
         if not (q.device == k.device == v.device):
@@ -55,9 +53,7 @@ class AggregateInputs:
         if not (q.shape[0] == k.shape[0] == v.shape[0]):
             raise ValueError(f"query/key/value: expected the same batch size B, got\n  {listing}")
         if q.shape[2] != k.shape[2]:
-            raise ValueError(
-                f"query/key: expected the same channel count Cq, got\n  {listing}"
-            )
+            raise ValueError(f"query/key: expected the same channel count Cq, got\n  {listing}")
         if k.shape[1] != v.shape[1]:
             raise ValueError(f"key/value: expected the same number of keys N', got\n  {listing}")
         if k.shape[1] == 0:
