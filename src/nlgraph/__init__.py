@@ -1,7 +1,8 @@
 """nlgraph: graph-based non-local (relational) reasoning layers for PyTorch."""
 
-from . import ops, pairwise
+from . import compat, ops, pairwise
 from .attention import Attention
+from .compat import LAYOUTS, from_reference, to_reference
 from .nn import NonLocalBlock1d, NonLocalBlock2d, NonLocalBlock3d
 from .ops import nonlocal_aggregate
 from .pairwise import Pairwise
@@ -9,13 +10,17 @@ from .pairwise import Pairwise
 __version__ = "0.1.0"
 
 __all__ = [
+    "LAYOUTS",
     "Attention",
     "NonLocalBlock1d",
     "NonLocalBlock2d",
     "NonLocalBlock3d",
     "Pairwise",
     "__version__",
+    "compat",
+    "from_reference",
     "nonlocal_aggregate",
     "ops",
     "pairwise",
+    "to_reference",
 ]

@@ -1,0 +1,395 @@
+"""Machinery shared by the layout converters: key maps, checks, error messages, the public API.
+
+Each layout module (``alexhex7``, ``mmcv``, ``timm``, ``slowfast``, ``caffe2``) describes its
+state_dict as a *key map* ``{reference key: nlgraph key}`` for a given :class:`Structure` (what
+the keys encode: mode, sub-sampling, norm, W_z bias) and calls :func:`load_block` /
+:func:`dump_block`, which do the checking, the error messages and the copying.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from importlib import import_module
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .._validate import check_choice
+from ..nn.nonlocal_block import NonLocalBlock1d, NonLocalBlock2d, NonLocalBlock3d, _NonLocalBlockNd
+from ..nn.presets import PRESETS, check_layout_support, preset_kwargs
+
+__all__ = ["LAYOUTS", "from_reference", "to_reference"]
+
+#: The public layouts, in the order of the docs.
+LAYOUTS: tuple[str, ...] = ("alexhex7", "mmcv", "timm", "slowfast", "caffe2")
+
+_BLOCKS = {1: NonLocalBlock1d, 2: NonLocalBlock2d, 3: NonLocalBlock3d}
+#: nlgraph keys a reference state_dict may lack (then the block keeps its own value).
+OPTIONAL = frozenset({"norm.num_batches_tracked"})
+#: One key pattern per layout, to tell the user which layout a mismatching state_dict is.
+_FINGERPRINTS = {
+    "alexhex7": re.compile(r"(^|\.)W\.(0\.)?weight$"),
+    "mmcv": re.compile(r"(^|\.)(g|conv_out)(\.0)?\.conv\.weight$"),
+    "timm": re.compile(r"(^|\.)[tpz]\.weight$"),
+    "slowfast": re.compile(r"(^|\.)conv_(theta|phi|g|out)\.weight$"),
+    "caffe2": re.compile(r"_(theta|phi|g|out)_w$"),
+}
+
+KeyMap = dict[str, str]
+
+
+@dataclass(frozen=True)
+class Structure:
+    """What a reference state_dict's key set encodes."""
+
+    mode: str
+    sub_sample: bool
+    norm: bool
+    out_bias: bool
+
+    def describe(self) -> str:
+        norm = "'batch'" if self.norm else "None"
+        return f"mode {self.mode!r}, sub_sample={self.sub_sample}, norm={norm}"
+
+
+@dataclass(frozen=True)
+class Request:
+    """The arguments of a :func:`from_reference` call, as the layout modules receive them."""
+
+    state_dict: Any
+    dims: int | None
+    mode: str
+    sub_sample: bool | None
+    prefix: str | None
+    overrides: dict[str, Any]
+
+
+def conv_keys(ref: str, ours: str, bias: bool = True) -> KeyMap:
+    """Key map of one conv: ``ref.weight`` (and ``ref.bias``) -> ``ours.weight`` (``ours.bias``)."""
+    keys = {f"{ref}.weight": f"{ours}.weight"}
+    if bias:
+        keys[f"{ref}.bias"] = f"{ours}.bias"
+    return keys
+
+
+def norm_keys(ref: str) -> KeyMap:
+    """Key map of a PyTorch BatchNorm at ``ref`` -> nlgraph's ``norm``."""
+    names = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+    return {f"{ref}.{n}": f"norm.{n}" for n in names}
+
+
+def check_mapping(state_dict: Any) -> None:
+    """``TypeError`` unless ``state_dict`` is a mapping."""
+    if not isinstance(state_dict, Mapping):
+        raise TypeError(
+            f"state_dict: expected a mapping of names to tensors, got {type(state_dict).__name__}"
+        )
+
+
+def tensors_of(
+    state_dict: Any,
+    prefix: str | None = None,
+    convert: Callable[[str, Any], Any] | None = None,
+) -> dict[str, Tensor]:
+    """``state_dict`` as a plain dict of tensors, restricted to module path ``prefix`` (stripped;
+    every entry when ``prefix`` is None); ``TypeError`` naming the first non-tensor value."""
+    check_mapping(state_dict)
+    for key in state_dict:
+        if not isinstance(key, str):
+            raise TypeError(f"state_dict: expected str keys, got {type(key).__name__} {key!r}")
+    if prefix is not None:
+        head = prefix.rstrip(".") + "."
+        state_dict = {k[len(head) :]: v for k, v in state_dict.items() if k.startswith(head)}
+    out = {}
+    for key, value in state_dict.items():
+        value = convert(key, value) if convert is not None else value
+        if not isinstance(value, Tensor):
+            raise TypeError(
+                f"state_dict[{key!r}]: expected a torch.Tensor, got {type(value).__name__}"
+            )
+        out[key] = value
+    return out
+
+
+def add_prefix(state: dict[str, Tensor], prefix: str | None) -> dict[str, Tensor]:
+    """Prepend module path ``prefix`` to every key (inverse of :func:`tensors_of`'s ``prefix``)."""
+    if prefix is None:
+        return state
+    head = prefix.rstrip(".") + "."
+    return {head + k: v for k, v in state.items()}
+
+
+def resolve_flag(name: str, given: Any, encoded: Any, default: Any, evidence: str) -> Any:
+    """The value of a flag the keys may encode; ``ValueError`` if the user contradicts them."""
+    if encoded is None:
+        return default if given is None else given
+    if given is not None and given != encoded:
+        raise ValueError(f"{name}: expected {encoded!r} ({evidence}), got {given!r}")
+    return encoded
+
+
+def pin(overrides: dict[str, Any], name: str, value: Any, why: str) -> None:
+    """Set ``overrides[name] = value`` (inferred from the weights) unless the user contradicts it."""
+    if name in overrides and overrides[name] != value:
+        raise ValueError(f"{name}: expected {value!r} ({why}), got {overrides[name]!r}")
+    overrides[name] = value
+
+
+def looks_like(keys: Any, layout: str) -> str:
+    """A hint naming the layout ``keys`` look like, when it is not ``layout`` ('' if unknown)."""
+
+    def hits(name: str) -> bool:
+        return any(isinstance(k, str) and _FINGERPRINTS[name].search(k) for k in keys)
+
+    if hits(layout):
+        return ""
+    others = [name for name in LAYOUTS if name != layout and hits(name)]
+    return f"; it looks like layout {others[0]!r}" if others else ""
+
+
+def _ref_shape(ours: str, t: Tensor) -> tuple[int, ...]:
+    # References store the concatenation projection as a 1x1 Conv2d (1, 2C', 1, 1).
+    return (1, t.shape[1], 1, 1) if ours == "concat_project.weight" else tuple(t.shape)
+
+
+def _missing(kmap: KeyMap, keys: Any) -> list[str]:
+    return [k for k, ours in kmap.items() if k not in keys and ours not in OPTIONAL]
+
+
+def _mismatch(
+    layout: str,
+    keys: list[str],
+    key_map: Callable[[Structure], KeyMap],
+    structure: Structure,
+    wrong: list[str],
+) -> ValueError:
+    kmap = key_map(structure)
+    missing, unexpected = _missing(kmap, keys), [k for k in keys if k not in kmap]
+    hint = looks_like(keys, layout)
+    if not hint:  # the right layout: perhaps another mode fits the keys
+        for mode in PRESETS[layout][2]:
+            other = key_map(replace(structure, mode=mode))
+            if mode != structure.mode and set(keys) <= set(other) and not _missing(other, keys):
+                hint = f"; the keys match mode {mode!r}"
+                break
+    lines = [
+        f"state_dict: expected the keys of layout {layout!r} ({structure.describe()}), "
+        f"got keys that do not match{hint}"
+    ]
+    for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
+        if items:
+            lines.append(f"  {label}: [{', '.join(items)}]")
+    return ValueError("\n".join(lines))
+
+
+def load_block(
+    layout: str,
+    tensors: dict[str, Tensor],
+    key_map: Callable[[Structure], KeyMap],
+    structure: Structure,
+    request: Request,
+) -> _NonLocalBlockNd:
+    """Build the ``layout`` block for ``structure`` and load ``tensors`` into it exactly.
+
+    The widths, the dimensionality, the dtype and the device come from the g weight; the keys
+    and shapes must be exactly those of ``key_map(structure)`` (``num_batches_tracked`` may be
+    absent), else a ``ValueError`` lists every missing, unexpected and wrongly shaped key.
+    """
+    kmap = key_map(structure)
+    keys = list(tensors)
+    g_key = next(k for k, ours in kmap.items() if ours == "g.weight")
+    g_w = tensors.get(g_key)
+    if g_w is None:
+        raise _mismatch(layout, keys, key_map, structure, [])
+    if g_w.dim() not in (3, 4, 5):
+        raise ValueError(
+            f"state_dict[{g_key!r}]: expected a 1x1 conv weight (out, in, 1[, 1[, 1]]) of rank "
+            f"3, 4 or 5, got shape {tuple(g_w.shape)}"
+        )
+    rank_dims = g_w.dim() - 2
+    dims = rank_dims if request.dims is None else request.dims
+    check_choice("dims", dims, (1, 2, 3))
+    check_layout_support(layout, dims, structure.mode)
+    if dims != rank_dims:
+        raise ValueError(
+            f"dims: expected {rank_dims} (the state_dict holds rank-{g_w.dim()} conv weights), "
+            f"got {dims}"
+        )
+    inner, c = int(g_w.shape[0]), int(g_w.shape[1])
+    overrides = {"dtype": g_w.dtype, "device": g_w.device, **request.overrides}
+    pin(overrides, "inter_channels", inner, f"the width of {g_key!r}")
+    pin(overrides, "norm", "batch" if structure.norm else None, f"the keys of layout {layout!r}")
+    pin(overrides, "out_bias", structure.out_bias, f"the keys of layout {layout!r}")
+    overrides.update(mode=structure.mode, sub_sample=structure.sub_sample)
+    block = _BLOCKS[dims](c, **preset_kwargs(layout, c, dims, overrides))
+    ours = block.state_dict()
+    shapes = {
+        r: (_ref_shape(n, ours[n]), tuple(tensors[r].shape))
+        for r, n in kmap.items()
+        if r in tensors
+    }
+    wrong = [f"{r}: expected {want}, got {got}" for r, (want, got) in shapes.items() if want != got]
+    if wrong or _missing(kmap, tensors) or any(k not in kmap for k in keys):
+        raise _mismatch(layout, keys, key_map, structure, wrong)
+    new = {name: tensors[r].reshape(ours[name].shape) for r, name in kmap.items() if r in tensors}
+    block.load_state_dict({**ours, **new})
+    return block
+
+
+def dump_block(block: _NonLocalBlockNd, kmap: KeyMap) -> dict[str, Tensor]:
+    """``block``'s tensors under the reference keys of ``kmap`` (copies; a W_z bias the block
+    lacks is written as zeros)."""
+    ours = block.state_dict()
+    out = {}
+    for ref, name in kmap.items():
+        if name in ours:
+            t = ours[name].detach().clone()
+        elif name == "w_z.bias":
+            w = block.w_z.weight
+            t = torch.zeros(w.shape[0], dtype=w.dtype, device=w.device)
+        else:
+            continue
+        out[ref] = t.reshape(_ref_shape(name, t))
+    return out
+
+
+def check_block(
+    block: Any,
+    layout: str,
+    *,
+    placement: str | None,
+    pool_size: tuple[int, ...] | str | None,
+    scales: dict[str, float],
+    norm_required: bool,
+) -> None:
+    """``ValueError`` unless ``layout`` can express ``block``'s configuration.
+
+    Args:
+        placement: the pool placement the layout uses when sub-sampling (None: no sub-sampling).
+        pool_size: the only pool window the layout has (None: any; ``"default"``: the block
+            class's default, i.e. AlexHex7's and mmcv's fixed windows).
+        scales: the embedded-Gaussian temperatures the layout has, name -> factor.
+        norm_required: the layout always has a BatchNorm after W_z.
+    """
+    check_layout_support(layout, block.dims, block.mode)
+    if pool_size == "default":
+        pool_size = block.default_pool_size
+
+    def fail(expected: str, got: str) -> None:
+        raise ValueError(f"block: expected {expected} for layout {layout!r}, got {got}")
+
+    if block.sub_sample:
+        if placement is None:
+            fail("sub_sample=False (it never sub-samples)", "sub_sample=True")
+        if block.pool_placement != placement:
+            fail(f"pool_placement {placement!r}", repr(block.pool_placement))
+        if pool_size is not None and block.pool_size != pool_size:
+            fail(f"pool_size {pool_size}", str(block.pool_size))
+    if block.mode == "embedded_gaussian" and block.scale_factor not in scales.values():
+        names = " or ".join(scales)
+        fail(f"scale {names} (its temperatures)", f"{block.scale!r} (factor {block.scale_factor})")
+    if norm_required and block.norm is None:
+        fail("norm='batch' (it always has a BatchNorm after W_z)", "norm=None")
+
+
+def inner_scales(block: Any, none: bool = True) -> dict[str, float]:
+    """``{"None": 1.0, "'inner'": C'^-1/2}`` for ``block`` (without "None" if ``none`` is False)."""
+    return ({"None": 1.0} if none else {}) | {"'inner'": block.inter_channels**-0.5}
+
+
+def from_reference(
+    state_dict: Mapping[str, Any],
+    layout: str,
+    *,
+    dims: int | None = None,
+    mode: str = "embedded_gaussian",
+    sub_sample: bool | None = None,
+    prefix: str | None = None,
+    **overrides: Any,
+) -> _NonLocalBlockNd:
+    r"""A non-local block holding the weights of a public implementation, with its semantics.
+
+    The block is built from the layout's preset (:mod:`nlgraph.nn.presets`, same names), with
+    C and C' read from the weights, and reproduces the reference's outputs (eval and train).
+
+    Layouts (reference keys; what they record besides C and C'):
+
+    - ``alexhex7``: ``g[.0]``, ``W`` or ``W.0``/``W.1``, ``theta``, ``phi[.0]``,
+      ``concat_project.0``; sub_sample (``g.0.*``) and norm (``W.1.*``).
+    - ``mmcv``: ``g[.0].conv``, ``conv_out.conv``, ``conv_out.bn``, ``theta.conv``,
+      ``phi[.0].conv``, ``concat_project.conv``; sub_sample and norm (``conv_out.bn.*``).
+    - ``timm`` (2-D only): ``t``, ``p``, ``g``, ``z``, ``norm``.
+    - ``slowfast`` (3-D only): ``conv_{theta,phi,g,out}``, ``bn``; pooling is an argument.
+    - ``caffe2`` (3-D only): ``<prefix>_{theta,phi,g,out}_{w,b}``, ``<prefix>_bn_{s,b,rm,riv}``;
+      norm (no ``_bn_*`` blobs: ``norm=None``).
+
+    Semantics: AlexHex7 has no temperature; mmcv's default ``use_scale=True`` is
+    ``scale="inner"`` (pass ``scale=None`` for ``use_scale=False``); timm uses
+    ``scale="input"`` (``scale=None`` for ``use_scale=False``); SlowFast and Caffe2 pool the
+    input before φ and g (default ``pool_size=(1, 2, 2)``; ``sub_sample=False`` for no pooling)
+    and scale the softmax logits by :math:`C'^{-1/2}`. Caffe2 blobs may be numpy arrays;
+    ``norm_eps`` defaults to Caffe2's 1.0000001e-5.
+
+    Args:
+        state_dict (Mapping[str, Tensor]): the reference module's state_dict (``caffe2``: the
+            blob dict, or the pickle's dict holding it under ``"blobs"``).
+        layout (str): one of :data:`LAYOUTS`.
+        dims (int, optional): 1, 2 or 3. (default: the conv weights' rank minus 2)
+        mode (str): the pairwise function. (default: ``"embedded_gaussian"``)
+        sub_sample (bool, optional): must agree with the keys where they encode it.
+            (default: from the keys; ``True`` for slowfast/caffe2)
+        prefix (str, optional): ``caffe2``: the blob prefix, e.g. ``"nonlocal_conv3_1"``
+            (default: the only one present); other layouts: the block's module path in a
+            larger state_dict, e.g. ``"layer3.1.nl"`` (keys outside it are ignored).
+        **overrides: constructor arguments on top of the preset (``scale``, ``pool_size``,
+            ``norm_eps``, ``dtype``, ``device``, ...). ``inter_channels``, ``norm`` and
+            ``out_bias`` must agree with the weights. (default dtype/device: the weights')
+
+    Returns:
+        NonLocalBlock1d, NonLocalBlock2d or NonLocalBlock3d.
+
+    Raises:
+        ValueError: an unknown layout, dims or mode the layout lacks, a ``sub_sample`` or
+            override that contradicts the weights, or keys that do not match (all missing,
+            unexpected and wrongly shaped keys are listed, with the layout they look like).
+        TypeError: a value that is not a tensor (numpy arrays too, for caffe2).
+    """
+    check_choice("layout", layout, LAYOUTS)
+    if dims is not None:
+        check_choice("dims", dims, (1, 2, 3))
+        check_layout_support(layout, dims, mode)
+    else:
+        check_choice(f"mode ({layout!r})", mode, PRESETS[layout][2])
+    module = import_module(f"{__package__}.{layout}")
+    return module.load(Request(state_dict, dims, mode, sub_sample, prefix, overrides))
+
+
+def to_reference(
+    block: _NonLocalBlockNd, layout: str, *, prefix: str | None = None
+) -> dict[str, Tensor]:
+    """``block``'s weights as a state_dict of a public implementation (see
+    :func:`from_reference`); ``from_reference`` then ``to_reference`` gives back the same keys,
+    values and dtypes.
+
+    Args:
+        block (NonLocalBlock1d/2d/3d): the block.
+        layout (str): one of :data:`LAYOUTS`.
+        prefix (str, optional): ``caffe2``: the blob prefix (default: ``"nonlocal"``); other
+            layouts: a module path prepended to every key (default: none).
+
+    Returns:
+        dict[str, Tensor]: copies of the tensors (tensors for ``caffe2`` too; use
+        ``{k: v.numpy() for k, v in ...}`` for a Caffe2 blob dict).
+
+    Raises:
+        ValueError: the layout cannot express the block (e.g. timm: 2-D embedded Gaussian
+            without sub-sampling; AlexHex7: no temperature; mmcv with a norm: no W_z bias;
+            SlowFast/Caffe2: pooling before the projections, SlowFast: a BatchNorm).
+    """
+    check_choice("layout", layout, LAYOUTS)
+    if not isinstance(block, _NonLocalBlockNd):
+        raise TypeError(f"block: expected a NonLocalBlock1d/2d/3d, got {type(block).__name__}")
+    return import_module(f"{__package__}.{layout}").dump(block, prefix)
