@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 __all__ = ["Attention"]
 
@@ -57,7 +62,7 @@ class Attention:
         """Edge weights (B, E), in the order of :attr:`edge_index`."""
         return self._dense.reshape(self._dense.shape[0], -1)
 
-    def to_networkx(self, sample: int = 0):
+    def to_networkx(self, sample: int = 0) -> nx.DiGraph:
         """A weighted ``networkx.DiGraph`` of one sample: edge j→i with attribute ``weight``.
 
         Nodes ``("k", j)`` are keys and ``("q", i)`` queries, since after sub-sampling keys and

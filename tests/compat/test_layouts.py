@@ -261,7 +261,7 @@ def test_wrong_mode_and_contradicting_sub_sample() -> None:
         (
             "alexhex7",
             lambda: NonLocalBlock2d(8, scale="inner"),
-            r"^block: expected scale None \(AlexHex7 has no temperature\)",
+            r"^block: expected scale None \(it has no temperature\) for layout .alexhex7., got .inner.",
         ),
         (
             "alexhex7",

@@ -290,7 +290,7 @@ def check_block(
             fail(f"pool_size {pool_size}", str(block.pool_size))
     if block.mode == "embedded_gaussian" and block.scale_factor not in scales.values():
         names = " or ".join(scales)
-        fail(f"scale {names} (its temperatures)", f"{block.scale!r} (factor {block.scale_factor})")
+        fail(f"scale {names}", f"{block.scale!r} (factor {block.scale_factor})")
     if norm_required and block.norm is None:
         fail("norm='batch' (it always has a BatchNorm after W_z)", "norm=None")
 

@@ -70,7 +70,7 @@ def dump(block: _NonLocalBlockNd, prefix: str | None = None) -> dict[str, Tensor
     """``block`` as an AlexHex7 state_dict (see :func:`nlgraph.compat.to_reference`)."""
     common.check_block(
         block, "alexhex7", placement="after", pool_size="default",
-        scales={"None (AlexHex7 has no temperature)": 1.0}, norm_required=False,
+        scales={"None (it has no temperature)": 1.0}, norm_required=False,
     )  # fmt: skip
     s = common.Structure(block.mode, block.sub_sample, block.norm is not None, True)
     return common.add_prefix(common.dump_block(block, key_map(s)), prefix)

@@ -9,6 +9,7 @@ from typing import Any, ClassVar, Literal, overload
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from typing_extensions import Self
 
 from .._validate import check_choice, check_float_tensor, check_positive_int, describe
 from ..attention import Attention
@@ -302,7 +303,7 @@ class _NonLocalBlockNd(nn.Module):
 
     # ------------------------------------------------------------------ presets and layouts
     @classmethod
-    def from_preset(cls, name: str, in_channels: int, **overrides: Any) -> _NonLocalBlockNd:
+    def from_preset(cls, name: str, in_channels: int, **overrides: Any) -> Self:
         """A fresh block with the defaults of a public implementation.
 
         Args:
@@ -324,7 +325,7 @@ class _NonLocalBlockNd(nn.Module):
         mode: str = "embedded_gaussian",
         sub_sample: bool | None = None,
         **overrides: Any,
-    ) -> _NonLocalBlockNd:
+    ) -> Self:
         """A block holding the weights of a public implementation's state_dict.
 
         See :func:`nlgraph.compat.from_reference` for the layouts and their semantics.

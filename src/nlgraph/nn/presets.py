@@ -6,8 +6,8 @@ preset        inner width C'             sub_sample placement   scale      norm 
 ``alexhex7``  max(C // 2, 1)             yes        after       none       batch   PyTorch default; BN γ=β=0 (yes)
 ``mmcv``      max(C // 2, 1)             no         after       C'^-1/2    none    θφg N(0,.01²); W_z=0 (yes)
 ``timm``      make_divisible(C / 8, 8)   no         —           C^-1/2     batch   Kaiming fan_out; BN γ=β=0 (yes)
-``slowfast``  C // 2                     (1, 2, 2)  before      C'^-1/2    batch   Kaiming fan_out; BN γ=1 (no)
-``caffe2``    C // 2                     (1, 2, 2)  before      C'^-1/2    batch   N(0,.01²); BN γ=β=0 (yes)
+``slowfast``  max(C // 2, 1)             (1, 2, 2)  before      C'^-1/2    batch   Kaiming fan_out; BN γ=1 (no)
+``caffe2``    max(C // 2, 1)             (1, 2, 2)  before      C'^-1/2    batch   N(0,.01²); BN γ=β=0 (yes)
 ============  =========================  =========  ==========  =========  ======  =============================
 
 Notes:

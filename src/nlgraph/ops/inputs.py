@@ -32,10 +32,12 @@ class AggregateInputs:
 
     @property
     def num_queries(self) -> int:
+        """N, the number of queries."""
         return self.query.shape[1]
 
     @property
     def num_keys(self) -> int:
+        """N', the number of keys."""
         return self.key.shape[1]
 
     def validate(self) -> None:

@@ -1,0 +1,224 @@
+"""The documentation: docs/api.md is current, public names are documented and typed, the
+examples in the docs run, and relative links and anchors resolve."""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import re
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+#: Pages whose ```python blocks are executed, each page in one namespace, in order.
+RUNNABLE_PAGES = ("index.md", "nonlocal_block.md", "presets.md")
+ALLOWED_UNANNOTATED = {"self", "cls"}
+
+
+def _load_gen_api() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("nlgraph_gen_api", DOCS / "gen_api.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while decorating
+    spec.loader.exec_module(module)
+    return module
+
+
+gen = _load_gen_api()
+ENTRIES = gen.collect()
+
+
+def _unique(entries: list) -> list:
+    """One entry per object, under its first (most specific) exporting module."""
+    first: dict[int, object] = {}
+    for e in entries:
+        first.setdefault(id(e.obj), e)
+    return list(first.values())
+
+
+CLASSES = _unique([e for e in ENTRIES if inspect.isclass(e.obj)])
+ROUTINES = _unique([e for e in ENTRIES if inspect.isroutine(e.obj)])
+
+
+def _ids(entries: list) -> list[str]:
+    return [e.qualname for e in entries]
+
+
+def test_api_md_is_up_to_date() -> None:
+    expected = gen.render()
+    current = gen.API_PATH.read_text()
+    assert current == expected, "docs/api.md is stale: run `python docs/gen_api.py`"
+    assert gen.main(["--check"]) == 0
+
+
+def test_check_mode_detects_a_stale_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    stale = tmp_path / "api.md"
+    stale.write_text(gen.render() + "\nedited by hand\n")
+    monkeypatch.setattr(gen, "API_PATH", stale)
+    assert gen.main(["--check"]) == 1
+    assert gen.main([]) == 0  # regenerates the file
+    assert gen.main(["--check"]) == 0
+
+
+def test_every_documented_module_is_covered() -> None:
+    names = {e.module for e in ENTRIES}
+    for required in ("nlgraph", "nlgraph.nn", "nlgraph.ops", "nlgraph.pairwise"):
+        assert required in names
+    assert any(e.qualname == "nlgraph.attention.Attention" for e in ENTRIES)
+    try:
+        compat = importlib.import_module("nlgraph.compat")
+    except ImportError:
+        return
+    if hasattr(compat, "__all__"):
+        assert "nlgraph.compat" in names
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=_ids(ENTRIES))
+def test_public_name_appears_in_api_md(entry) -> None:
+    text = gen.API_PATH.read_text()
+    if inspect.ismodule(entry.obj):
+        assert f"## `{entry.obj.__name__}`" in text or f"`{entry.name}`" in text
+        return
+    exported_as = {f"`{e.qualname}`" for e in ENTRIES if e.obj is entry.obj}
+    assert any(f"### {q}" in text for q in exported_as), f"{entry.qualname} has no entry"
+    assert f"`{entry.name}`" in text or f"`{entry.qualname}`" in text
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=_ids(ENTRIES))
+def test_public_name_has_a_docstring(entry) -> None:
+    if entry.name.startswith("__") and entry.name.endswith("__"):
+        pytest.skip("dunder metadata")
+    module = importlib.import_module(entry.module)
+    doc = gen.docstring_of(module, entry.name, entry.obj)
+    assert doc.strip(), f"{entry.qualname}: missing docstring (or '#:' comment for data)"
+
+
+@pytest.mark.parametrize("entry", CLASSES, ids=_ids(CLASSES))
+def test_public_methods_have_docstrings(entry) -> None:
+    missing = [
+        name for name, _ in gen.public_members(entry.obj) if not gen.member_doc(entry.obj, name)
+    ]
+    assert not missing, f"{entry.qualname}: public members without a docstring: {missing}"
+
+
+def _unannotated(func: object, skip_first: bool) -> list[str]:
+    params = list(inspect.signature(func).parameters.values())
+    if skip_first and params:
+        params = params[1:]
+    return [
+        p.name
+        for p in params
+        if p.annotation is p.empty
+        and p.name not in ALLOWED_UNANNOTATED
+        and p.kind is not p.VAR_KEYWORD
+    ]
+
+
+@pytest.mark.parametrize("entry", ROUTINES, ids=_ids(ROUTINES))
+def test_public_functions_have_type_hints(entry) -> None:
+    assert not _unannotated(entry.obj, skip_first=False), entry.qualname
+
+
+@pytest.mark.parametrize("entry", CLASSES, ids=_ids(CLASSES))
+def test_public_classes_have_type_hints(entry) -> None:
+    cls = entry.obj
+    problems = {}
+    init_owner = next(k for k in cls.__mro__ if "__init__" in k.__dict__)
+    if init_owner.__module__.startswith("nlgraph"):
+        bad = _unannotated(init_owner.__dict__["__init__"], skip_first=True)
+        if bad:
+            problems["__init__"] = bad
+    for name, raw in gen.public_members(cls):
+        fn = gen.member_function(raw)
+        bad = _unannotated(fn, skip_first=not isinstance(raw, staticmethod))
+        if bad:
+            problems[name] = bad
+    assert not problems, f"{entry.qualname}: parameters without type hints: {problems}"
+
+
+def test_docstring_conversion() -> None:
+    doc = inspect.cleandoc(
+        """Summary with ``code`` and :math:`C'^{-1/2}` and :class:`~nlgraph.Attention`.
+
+        .. math::
+            y_i = x_i
+
+        Args:
+            a (int): first line
+                continued.
+            b (str): second.
+
+        Example:
+            >>> 1 + 1
+            2
+        """
+    )
+    md = gen.docstring_to_markdown(doc)
+    assert "`code`" in md and "$C'^{-1/2}$" in md and "`nlgraph.Attention`" in md
+    assert "```math\ny_i = x_i\n```" in md
+    assert "- `a` (int): first line continued." in md and "- `b` (str): second." in md
+    assert "```python\n>>> 1 + 1\n2\n```" in md
+
+
+def test_signatures_keep_source_annotations() -> None:
+    def f(x: int, *, y: str | None = None, **kw: object) -> float:  # pragma: no cover
+        return 0.0
+
+    assert (
+        gen.format_signature("f", f) == "f(x: int, *, y: str | None = None, **kw: object) -> float"
+    )
+
+
+def _headings_slugs(text: str) -> set[str]:
+    return {gen._slug(h.replace("`", "")) for h in re.findall(r"^#+ (.+)$", text, re.M)}
+
+
+@pytest.mark.parametrize("page", sorted(p.name for p in DOCS.glob("*.md")))
+def test_links_resolve(page: str) -> None:
+    text = (DOCS / page).read_text()
+    slugs = _headings_slugs(text)
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        if target.startswith(("http://", "https://")):
+            continue
+        path, _, anchor = target.partition("#")
+        dest = (DOCS / path).resolve() if path else DOCS / page
+        assert dest.exists(), f"{page}: broken link {target}"
+        if anchor and dest.suffix == ".md":
+            dest_slugs = slugs if not path else _headings_slugs(dest.read_text())
+            assert anchor in dest_slugs, f"{page}: no heading for anchor #{anchor}"
+
+
+def _python_blocks(page: str) -> list[str]:
+    text = (DOCS / page).read_text()
+    return re.findall(r"^```python\n(.*?)^```", text, re.M | re.S)
+
+
+def _missing_requirements(block: str) -> list[str]:
+    """Modules named on a first line ``# requires: a, b`` that are not installed."""
+    first = block.splitlines()[0] if block else ""
+    if not first.startswith("# requires:"):
+        return []
+    names = [n.strip() for n in first.split(":", 1)[1].split(",") if n.strip()]
+    return [n for n in names if importlib.util.find_spec(n) is None]
+
+
+@pytest.mark.parametrize("page", RUNNABLE_PAGES)
+def test_examples_run(page: str) -> None:
+    """Every ```python block of the page runs (in order, one namespace); a block whose first
+    line is ``# requires: pkg`` is skipped when ``pkg`` is not installed."""
+    blocks = _python_blocks(page)
+    assert blocks, f"{page} has no examples"
+    if any("from_reference" in b or "to_reference" in b for b in blocks):
+        pytest.importorskip("nlgraph.compat")
+    namespace: dict[str, object] = {"__name__": f"docs_{page}"}
+    for i, block in enumerate(blocks):
+        if _missing_requirements(block):
+            continue
+        try:
+            exec(compile(block, f"docs/{page}[block {i}]", "exec"), namespace)
+        except Exception as exc:  # pragma: no cover - the message is the point
+            raise AssertionError(f"docs/{page}, python block {i} failed: {exc!r}") from exc
