@@ -136,6 +136,8 @@ class _NonLocalBlockNd(nn.Module):
         check_choice("weight_init", weight_init, WEIGHT_INITS)
         check_choice("graph", graph, GRAPHS)
         check_choice("backend", backend, ("auto", *KERNELS))
+        if not (isinstance(norm_eps, (int, float)) and norm_eps > 0):
+            raise ValueError(f"norm_eps: expected a positive float, got {norm_eps!r}")
         if scale is not None and mode != "embedded_gaussian":
             raise ValueError(
                 f"scale: expected None for mode {mode!r} (a temperature only multiplies the "
@@ -270,7 +272,10 @@ class _NonLocalBlockNd(nn.Module):
         if pool and not before:
             value = self._pool(value)
         if self.mode == "gaussian":
-            query, key = x, (self._pool(x) if pool else x)
+            # The raw input is the query and key; under autocast g(x) may come out in a lower
+            # precision, so the raw side follows the value's dtype.
+            x_q = x.to(value.dtype)
+            query, key = x_q, (self._pool(x_q) if pool else x_q)
         else:
             query, key = self.theta(x), self.phi(x_kv)
             if pool and not before:
