@@ -220,3 +220,33 @@ def test_bitwise_repeatable(mode) -> None:
         runs.append((y, *grads))
     for first, second in zip(*runs):
         assert torch.equal(first, second)
+
+
+# --------------------------------------------------------------------------- query split
+@pytest.mark.parametrize("cq, cv", [(8, 8), (12, 6)])
+def test_query_split_for_backward_is_exact_and_fused(cq, cv) -> None:
+    """With grad on CPU and B < threads the queries are split into chunks for the fused
+    backward; outputs and gradients must still equal the reference, through the flash kernel."""
+    from nlgraph.ops.kernels.dense import _query_splits
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        q, k, v = _tensors(1, 1001, 77, cq, cv, grad=True)
+        assert _query_splits(q, k, v) == 3  # min(ceil(4 / B), N // 256) = min(4, 3)
+        with torch.no_grad():
+            assert _query_splits(q, k, v) == 1
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            y = softmax_fused(q, k, v, 0.37)
+            g = torch.randn_like(y)
+            grads = torch.autograd.grad(y, (q, k, v), g)
+        names = {e.name for e in prof.events()}
+        assert FLASH in names and FLASH + "_backward" in names and MATH not in names
+    finally:
+        torch.set_num_threads(old)
+    y_ref = _reference(q, k, v, "embedded_gaussian", None)
+    ref_grads = torch.autograd.grad(y_ref, (q, k, v), g)
+    assert y.shape == (1, 1001, cv)
+    torch.testing.assert_close(y, y_ref, atol=1e-10, rtol=1e-10)
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-10)

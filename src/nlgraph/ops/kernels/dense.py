@@ -30,6 +30,25 @@ from .base import Kernel
 __all__ = ["DenseKernel", "concatenation_sorted", "dot_product_reassociated", "softmax_fused"]
 
 
+def _query_splits(q: Tensor, k: Tensor, v: Tensor) -> int:
+    """How many query chunks ("heads") to give the fused CPU kernel.
+
+    PyTorch's CPU flash-attention backward parallelises over batch × heads only: with B = 1 and
+    one head it is a single task, several times slower than it needs to be (and it collapses
+    when the cores are shared). Splitting the queries into P chunks that each see every key is
+    exact and gives the backward P tasks. Decided from shapes, device, thread count and grad
+    mode only (never tensor values).
+    """
+    needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    if q.device.type != "cpu" or not needs_grad:
+        return 1
+    batch, n = q.shape[0], q.shape[1]
+    threads = torch.get_num_threads()
+    if batch >= threads:
+        return 1
+    return max(1, min(-(-threads // batch), n // 256))
+
+
 def softmax_fused(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
     """softmax(scale·q kᵀ) v through fused SDPA. q, k: (B, N|N', d), v: (B, N', dv) → (B, N, dv)."""
     d, dv = q.shape[-1], v.shape[-1]
@@ -37,14 +56,17 @@ def softmax_fused(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
         v = F.pad(v, (0, d - dv))
     elif d < dv:
         q, k = F.pad(q, (0, dv - d)), F.pad(k, (0, dv - d))
-    # (B, 1, N, d), contiguous in the last dim: the layout the fused kernel accepts.
-    out = F.scaled_dot_product_attention(
-        q.unsqueeze(1).contiguous(),
-        k.unsqueeze(1).contiguous(),
-        v.unsqueeze(1).contiguous(),
-        scale=scale,
-    )
-    return out.squeeze(1)[..., :dv]
+    batch, n, width = q.shape
+    parts = _query_splits(q, k, v)
+    rows = -(-n // parts)
+    # (B, P, ceil(N/P), d), contiguous in the last dim: the layout the fused kernel accepts (a
+    # strided view silently falls back to the N×N' math path). Keys/values are shared by the P
+    # query chunks; autograd sums their gradients.
+    q4 = F.pad(q, (0, 0, 0, rows * parts - n)).reshape(batch, parts, rows, width).contiguous()
+    k4 = k.unsqueeze(1).expand(-1, parts, -1, -1).contiguous()
+    v4 = v.unsqueeze(1).expand(-1, parts, -1, -1).contiguous()
+    out = F.scaled_dot_product_attention(q4, k4, v4, scale=scale)
+    return out.reshape(batch, parts * rows, width)[:, :n, :dv]
 
 
 def dot_product_reassociated(q: Tensor, k: Tensor, v: Tensor) -> Tensor:

@@ -1,0 +1,238 @@
+"""Command line: ``python -m nlgraph demo|bench|info`` (also installed as ``nlgraph``).
+
+- ``info``: versions, CPU threads, optional packages and the allocator settings.
+- ``demo``: the four modes of a 2-D block on a random map, each checked against a float64
+  reference and compared with the naive bmm+softmax block (time and peak memory).
+- ``bench``: runs ``benchmarks/dense.py`` from a source checkout (extra flags are passed on).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import math
+import os
+import platform
+import sys
+import warnings
+from collections.abc import Sequence
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from ._measure import format_bytes, format_seconds, median_time, peak_memory
+from ._naive import concat_tensor_bytes, naive_from_block
+from .nn import NonLocalBlock2d
+from .pairwise import MODES
+
+__all__ = ["demo", "info", "main"]
+
+#: glibc settings that keep large tensors on the heap (fresh mmaps page-fault at ~7 GB/s).
+ALLOCATOR_HINT = "MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=1099511627776"
+#: The demo's float32 tolerance against the float64 reference (max abs error of z).
+DEMO_ATOL = 1e-3
+#: The demo skips the naive concatenation when its 2C'×N×N' tensor would exceed this.
+NAIVE_CONCAT_BUDGET = 3 * 2**29  # 1.5 GiB: N = 48x48 runs, 64x64 (4 GiB) does not
+OPTIONAL_PACKAGES = (("torch-scatter", "torch_scatter"), ("faiss", "faiss"), ("mmcv", "mmcv"))
+
+
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _importable(module: str) -> str:
+    if importlib.util.find_spec(module) is None:
+        return "no"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            importlib.import_module(module)
+    except Exception as exc:  # a broken build (ABI mismatch) is worth reporting, not raising
+        return f"no ({type(exc).__name__}: {exc})".splitlines()[0][:120]
+    return "yes"
+
+
+def info() -> int:
+    """Print versions, threads, optional packages and allocator settings. Returns 0."""
+    rows = [
+        ("nlgraph", __version__),
+        ("python", platform.python_version()),
+        ("torch", torch.__version__),
+        ("torch_geometric", _version("torch-geometric")),
+        ("CPU threads", f"{torch.get_num_threads()} (torch), {os.cpu_count()} logical cores"),
+        ("CUDA", torch.version.cuda if torch.cuda.is_available() else "not available"),
+    ]
+    rows += [(f"{dist} importable", _importable(module)) for dist, module in OPTIONAL_PACKAGES]
+    alloc = {k: v for k, v in sorted(os.environ.items()) if k.startswith("MALLOC_")}
+    if os.environ.get("LD_PRELOAD"):
+        alloc["LD_PRELOAD"] = os.environ["LD_PRELOAD"]
+    rows.append(("allocator", " ".join(f"{k}={v}" for k, v in alloc.items()) or "glibc defaults"))
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key.ljust(width)} : {value}")
+    if not alloc:
+        print(
+            "hint: large CPU tensors are mmap'ed and page-faulted by glibc's default malloc; "
+            f"for stable speed with large N run with {ALLOCATOR_HINT}"
+        )
+    return 0
+
+
+def _reference_chunk(mode: str, n: int, n_keys: int, inter: int) -> int | None:
+    """Query rows per chunk that keep the fp64 reference's largest temporary near 128 MiB."""
+    per_row = n_keys * (2 * inter if mode == "concatenation" else 1)
+    chunk = max(1, 2**24 // per_row)
+    return None if chunk >= n else chunk
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    lines = [" | ".join(h.ljust(w) for h, w in zip(headers, widths))]
+    lines.append("-+-".join("-" * w for w in widths))
+    for row in rows:
+        cells = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])]
+        lines.append(" | ".join(cells))
+    return "\n".join(lines)
+
+
+def _measure_forward(
+    module: torch.nn.Module, x: torch.Tensor, warmup: int, repeat: int
+) -> tuple[float, int]:
+    """Median forward time and peak memory of ``module(x)`` (no grad)."""
+    with torch.no_grad():
+        seconds = median_time(lambda: module(x), warmup=warmup, repeat=repeat)
+        return seconds, peak_memory(lambda: module(x))
+
+
+def _demo_mode(
+    mode: str, size: int, channels: int, warmup: int, repeat: int, seed: int
+) -> tuple[float, list[str], str]:
+    """One demo row: (max abs error vs fp64, table cells, note or "")."""
+    inter, n = max(channels // 2, 1), size * size
+    torch.manual_seed(seed)
+    block = NonLocalBlock2d(channels, inter, mode=mode, sub_sample=False, zero_init=False).eval()
+    x = torch.randn(1, channels, size, size)
+    with torch.no_grad():
+        reference = naive_from_block(block, query_chunk=_reference_chunk(mode, n, n, inter))
+        expected = reference.double()(x.double())
+        error = (block(x).double() - expected).abs().max().item()
+    t_nl, m_nl = _measure_forward(block, x, warmup, repeat)
+    t_nv = m_nv = None
+    note = ""
+    if mode != "concatenation" or concat_tensor_bytes(n, n, inter) <= NAIVE_CONCAT_BUDGET:
+        t_nv, m_nv = _measure_forward(naive_from_block(block), x, warmup, repeat)
+    else:
+        gib = concat_tensor_bytes(n, n, inter) / 2**30
+        note = f"naive concatenation skipped: its 2C'xNxN' tensor alone is {gib:.1f} GiB (try --size 48)"
+    speedup = "—" if t_nv is None else f"{t_nv / t_nl:.1f}x"
+    ratio = "—" if m_nv is None else f"{m_nv / max(m_nl, 1):.1f}x"
+    cells = [mode, f"{error:.2e}", format_seconds(t_nl), format_seconds(t_nv), speedup,
+             format_bytes(m_nl), format_bytes(m_nv), ratio]  # fmt: skip
+    return error, cells, note
+
+
+def demo(size: int = 64, channels: int = 64, quick: bool = False, seed: int = 0) -> int:
+    """Run the four modes of a 2-D block and print accuracy, time and memory against naive.
+
+    Each block (``NonLocalBlock2d(channels, channels // 2, sub_sample=False,
+    zero_init=False)``, float32, eval mode, forward only) runs on a random
+    (1, channels, size, size) map. Its output is compared with the naive block run in float64
+    on the same weights (the slow reference) and timed against the naive block in float32.
+
+    Args:
+        size (int): the map is size×size, N = size² positions. (default: ``64``)
+        channels (int): C; C' = C // 2. (default: ``64``)
+        quick (bool): one timed run, no warm-up. (default: ``False``)
+        seed (int): seed for weights and input. (default: ``0``)
+
+    Returns:
+        int: 0 when every error is within :data:`DEMO_ATOL`, else 1.
+    """
+    inter, n = max(channels // 2, 1), size * size
+    warmup, repeat = (0, 1) if quick else (1, 3)
+    print(
+        f"nlgraph {__version__} demo: NonLocalBlock2d({channels}, {inter}, sub_sample=False), "
+        f"float32, input (1, {channels}, {size}, {size}), N = N' = {n}, forward, "
+        f"{torch.get_num_threads()} threads; error = max |z - z_fp64 reference|"
+    )
+    headers = ["mode", "max abs error", "nlgraph time", "naive time", "speed-up",
+               "nlgraph peak", "naive peak", "memory ratio"]  # fmt: skip
+    rows, notes, failed = [], [], []
+    for mode in MODES:
+        error, row, note = _demo_mode(mode, size, channels, warmup, repeat, seed)
+        rows.append(row)
+        if note:
+            notes.append(note)
+        if not math.isfinite(error) or error > DEMO_ATOL:
+            failed.append(mode)
+    print(_table(headers, rows))
+    for note in notes:
+        print(f"note: {note}")
+    if failed:
+        print(f"FAILED: error above {DEMO_ATOL:g} for {', '.join(failed)}")
+        return 1
+    print(f"all four modes within {DEMO_ATOL:g} of the float64 reference")
+    return 0
+
+
+def _bench_script() -> Path:
+    return Path(__file__).resolve().parents[2] / "benchmarks" / "dense.py"
+
+
+def bench(args: Sequence[str]) -> int:
+    """Run ``benchmarks/dense.py``'s ``main(args)`` from a source checkout, if there is one."""
+    script = _bench_script()
+    if not script.is_file():
+        print(
+            "bench: benchmarks/dense.py is not next to this installation (it ships with the "
+            "source checkout). Clone the repository and run, from its root:\n"
+            f"  {ALLOCATOR_HINT} python benchmarks/dense.py [--quick] [--only MODE]"
+        )
+        return 2
+    spec = importlib.util.spec_from_file_location("nlgraph_bench_dense", script)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return int(module.main(list(args)) or 0)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nlgraph", description="nlgraph: graph-based non-local blocks for PyTorch."
+    )
+    parser.add_argument("--version", action="version", version=f"nlgraph {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,bench,info}")
+    sub.add_parser("info", help="versions, threads, optional packages, allocator settings")
+    d = sub.add_parser("demo", help="the four modes against a float64 reference and naive")
+    d.add_argument("--size", type=int, default=64, help="map side; N = size² (default: 64)")
+    d.add_argument("--channels", type=int, default=64, help="C; C' = C // 2 (default: 64)")
+    d.add_argument("--quick", action="store_true", help="one timed run per measurement")
+    d.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    sub.add_parser(
+        "bench",
+        help="run benchmarks/dense.py (source checkout); other flags go to it",
+        add_help=False,
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m nlgraph`` and the ``nlgraph`` script; returns the exit code."""
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "bench":
+        return bench(extra)
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.command == "info":
+        return info()
+    for name in ("size", "channels"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name}: expected a positive int, got {getattr(args, name)}")
+    return demo(args.size, args.channels, args.quick, args.seed)

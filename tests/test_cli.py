@@ -1,0 +1,124 @@
+"""Tests of the command line (info, demo, bench), the dense benchmark and the naive baseline."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import nlgraph
+from nlgraph import NonLocalBlock1d, NonLocalBlock2d, NonLocalBlock3d, cli
+from nlgraph._naive import naive_from_block
+from nlgraph.pairwise import MODES
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks" / "dense.py"
+ENV = {**os.environ, "MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "1099511627776"}
+
+
+def test_info_prints_versions(capsys):
+    assert cli.main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert f"nlgraph                  : {nlgraph.__version__}" in out
+    assert torch.__version__ in out
+    for key in ("torch_geometric", "CPU threads", "torch-scatter importable", "allocator"):
+        assert key in out
+
+
+def test_info_hints_at_the_allocator_when_unset(capsys, monkeypatch):
+    for key in [k for k in os.environ if k.startswith("MALLOC_")] + ["LD_PRELOAD"]:
+        monkeypatch.delenv(key, raising=False)
+    cli.main(["info"])
+    assert "hint: " in capsys.readouterr().out
+    monkeypatch.setenv("MALLOC_MMAP_MAX_", "0")
+    cli.main(["info"])
+    out = capsys.readouterr().out
+    assert "MALLOC_MMAP_MAX_=0" in out and "hint: " not in out
+
+
+def test_demo_small_passes_and_prints_every_mode(capsys):
+    assert cli.main(["demo", "--size", "12", "--quick"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    for mode in MODES:
+        row = next(line for line in lines if line.startswith(mode + " "))
+        assert len(row.split("|")) == 8, row
+    assert "max abs error" in out and "within 0.001" in out
+
+
+def test_demo_fails_when_the_error_exceeds_the_tolerance(capsys, monkeypatch):
+    monkeypatch.setattr(cli, "DEMO_ATOL", -1.0)
+    assert cli.main(["demo", "--size", "4", "--channels", "8", "--quick"]) == 1
+    assert "FAILED" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv", [["demo", "--size", "0"], ["info", "--bogus"], []])
+def test_bad_arguments_exit_with_usage(argv):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    assert exc.value.code == 2
+
+
+def test_bench_without_a_checkout_explains_how_to_run(capsys, monkeypatch, tmp_path):
+    monkeypatch.setattr(cli, "_bench_script", lambda: tmp_path / "missing.py")
+    assert cli.main(["bench", "--quick"]) == 2
+    assert "benchmarks/dense.py" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not BENCH.is_file(), reason="needs the source checkout's benchmarks/")
+def test_dense_benchmark_quick_writes_results(tmp_path):
+    out = tmp_path / "dense.md"
+    proc = subprocess.run(
+        [sys.executable, str(BENCH), "--quick", "--out", str(out)],
+        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    text = out.read_text()
+    for heading in ("## Machine", "## Forward (no_grad, eval)", "## Forward+backward (train)",
+                    "## Targets", "## Command"):  # fmt: skip
+        assert heading in text
+    for mode in MODES:
+        assert f"| {mode} " in text
+    assert "MALLOC_MMAP_MAX_=0" in text and "--quick" in text
+    assert "NOT MEASURED" in text  # the targets need the full run
+
+
+@pytest.mark.skipif(not BENCH.is_file(), reason="needs the source checkout's benchmarks/")
+def test_cli_bench_forwards_flags(tmp_path):
+    out = tmp_path / "dense.md"
+    proc = subprocess.run(
+        [sys.executable, "-m", "nlgraph", "bench", "--quick", "--only", "dot_product",
+         "--out", str(out)],
+        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    text = out.read_text()
+    assert "| dot_product " in text and "| gaussian " not in text
+
+
+CASES = [
+    (NonLocalBlock1d, (2, 6, 9)),
+    (NonLocalBlock2d, (2, 6, 5, 7)),
+    (NonLocalBlock3d, (1, 6, 2, 4, 5)),
+]
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize(("cls", "shape"), CASES, ids=["1d", "2d", "3d"])
+def test_naive_baseline_matches_the_block(cls, shape, mode):
+    """The demo's and benchmark's baseline computes what the block computes (float64)."""
+    torch.manual_seed(0)
+    x = torch.randn(shape, dtype=torch.float64)
+    for sub, place, norm in itertools.product((True, False), ("after", "before"), ("batch", None)):
+        scale = "inner" if mode == "embedded_gaussian" else None
+        block = cls(6, 3, mode=mode, sub_sample=sub, pool_placement=place, norm=norm,
+                    scale=scale, zero_init=False, dtype=torch.float64).eval()  # fmt: skip
+        expected = block(x)
+        for chunk in (None, 4):
+            got = naive_from_block(block, query_chunk=chunk)(x)
+            torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
