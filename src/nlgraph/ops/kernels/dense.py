@@ -1,7 +1,7 @@
 r"""The ``dense`` kernel: all pairs, with exact fast paths and no N×N' tensor.
 
 - Softmax modes (Gaussian, embedded Gaussian): :func:`torch.nn.functional.scaled_dot_product_attention`
-  on contiguous (B, 1, N, d) tensors, so PyTorch's fused (flash) kernel runs with O(N·d)
+  on contiguous (B, P, N/P, d) tensors, so PyTorch's fused (flash) kernel runs with O(N·d)
   memory. The fused CPU kernel needs equal query and value widths; when they differ (Gaussian
   mode: queries/keys are the C raw channels, values C') the narrower side is zero-padded,
   which changes neither the logits nor the kept output columns.
