@@ -36,6 +36,7 @@ if importlib.util.find_spec("nlgraph") is None:  # a source checkout without `pi
 #: Modules whose ``__all__`` is documented, most specific first (objects land in the first one).
 MODULES: tuple[str, ...] = (
     "nlgraph.nn",
+    "nlgraph.graphs",
     "nlgraph.ops",
     "nlgraph.pairwise",
     "nlgraph.compat",

@@ -6,7 +6,14 @@ import pytest
 import torch
 
 from nlgraph import Attention, Pairwise, nonlocal_aggregate
-from nlgraph.ops import KERNELS, AggregateInputs, DenseKernel, select_kernel
+from nlgraph.ops import (
+    KERNELS,
+    AggregateInputs,
+    COOKernel,
+    DenseKernel,
+    RegularKernel,
+    select_kernel,
+)
 from tests.helpers import MODES, SOFTMAX_MODES, reference_aggregate, with_device
 
 F64 = torch.float64
@@ -156,7 +163,7 @@ def _inputs(graph: str = "full", mode: str = "embedded_gaussian") -> AggregateIn
 
 
 def test_kernel_registry() -> None:
-    assert KERNELS == {"dense": DenseKernel}
+    assert KERNELS == {"dense": DenseKernel, "regular": RegularKernel, "coo": COOKernel}
 
 
 def test_auto_picks_dense() -> None:
@@ -172,16 +179,20 @@ def test_backend_dense_equals_auto(mode) -> None:
     )
 
 
-@pytest.mark.parametrize("backend", ["nope", "Dense", "", "coo"])
+@pytest.mark.parametrize("backend", ["nope", "Dense", "", "ell"])
 def test_unknown_backend(backend) -> None:
     q, k, v, pw, _ = make_case("dot_product", (1, 4, 3, 2, 2))
-    with pytest.raises(ValueError, match=r"^backend: expected one of 'auto', 'dense', got"):
+    with pytest.raises(
+        ValueError, match=r"^backend: expected one of 'auto', 'dense', 'regular', 'coo', got"
+    ):
         nonlocal_aggregate(q, k, v, pw, backend=backend)
 
 
 def test_unknown_graph() -> None:
     q, k, v, pw, _ = make_case("dot_product", (1, 4, 3, 2, 2))
-    with pytest.raises(ValueError, match=r"^graph: expected one of 'full', got 'knn'"):
+    with pytest.raises(
+        ValueError, match=r"^graph: expected 'full', a RegularGraph or a COOGraph, got 'knn'"
+    ):
         nonlocal_aggregate(q, k, v, pw, graph="knn")
 
 

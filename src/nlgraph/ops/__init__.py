@@ -4,13 +4,17 @@ from .aggregate import nonlocal_aggregate
 from .dispatch import KERNELS, select_kernel
 from .inputs import AggregateInputs
 from .kernels.base import Kernel
+from .kernels.coo import COOKernel
 from .kernels.dense import DenseKernel
+from .kernels.regular import RegularKernel
 
 __all__ = [
     "KERNELS",
     "AggregateInputs",
+    "COOKernel",
     "DenseKernel",
     "Kernel",
+    "RegularKernel",
     "nonlocal_aggregate",
     "select_kernel",
 ]

@@ -7,6 +7,7 @@ from typing import Literal, overload
 from torch import Tensor
 
 from ..attention import Attention
+from ..graphs.base import COOGraph, RegularGraph
 from ..pairwise import Pairwise
 from .dispatch import select_kernel
 from .inputs import AggregateInputs
@@ -21,7 +22,7 @@ def nonlocal_aggregate(
     value: Tensor,
     pairwise: Pairwise | str,
     *,
-    graph: str = ...,
+    graph: str | RegularGraph | COOGraph = ...,
     backend: str = ...,
     return_attention: Literal[False] = ...,
 ) -> Tensor: ...
@@ -34,7 +35,7 @@ def nonlocal_aggregate(
     value: Tensor,
     pairwise: Pairwise | str,
     *,
-    graph: str = ...,
+    graph: str | RegularGraph | COOGraph = ...,
     backend: str = ...,
     return_attention: Literal[True],
 ) -> tuple[Tensor, Attention]: ...
@@ -46,7 +47,7 @@ def nonlocal_aggregate(
     value: Tensor,
     pairwise: Pairwise | str,
     *,
-    graph: str = "full",
+    graph: str | RegularGraph | COOGraph = "full",
     backend: str = "auto",
     return_attention: bool = False,
 ) -> Tensor | tuple[Tensor, Attention]:
@@ -66,10 +67,16 @@ def nonlocal_aggregate(
         value (Tensor): v, (B, N', Cv).
         pairwise (Pairwise or str): the pairwise function; a mode string means
             ``Pairwise(mode)`` (scale 1; ``"concatenation"`` needs a Pairwise with its weight).
-        graph (str): the edge set; ``"full"`` in this release. (default: ``"full"``)
-        backend (str): ``"auto"`` or a kernel NAME (``"dense"``). (default: ``"auto"``)
+        graph (str, RegularGraph or COOGraph): the edge set: ``"full"`` (all pairs), a
+            :class:`~nlgraph.graphs.RegularGraph` (up to k keys per query, padded) or a
+            :class:`~nlgraph.graphs.COOGraph` (any ``edge_index``, shared by the batch). Index
+            ranges are checked here (this reads the index values). (default: ``"full"``)
+        backend (str): ``"auto"`` or a kernel NAME (``"dense"``, ``"regular"``, ``"coo"``).
+            ``"auto"`` takes the dense kernel for the full graph, ``"regular"`` for a
+            RegularGraph and ``"coo"`` for a COOGraph. (default: ``"auto"``)
         return_attention (bool): also return the weights as an
-            :class:`nlgraph.attention.Attention` (builds the (B, N, N') matrix).
+            :class:`nlgraph.attention.Attention` (on the full graph this builds the (B, N, N')
+            matrix).
             (default: ``False``)
 
     Returns:

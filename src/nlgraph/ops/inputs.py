@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
-from .._validate import check_choice, check_float_tensor, describe
+from .._validate import check_float_tensor, describe
+from ..graphs.base import COOGraph, RegularGraph
 from ..pairwise import Pairwise
 
 __all__ = ["GRAPHS", "AggregateInputs"]
 
-#: Graph specifications understood in this release.
-GRAPHS: tuple[str, ...] = ("full",)
+#: Graph kinds: ``"full"`` (all pairs), ``"regular"`` (RegularGraph), ``"coo"`` (COOGraph).
+GRAPHS: tuple[str, ...] = ("full", "regular", "coo")
 
 
 @dataclass(frozen=True, eq=False)
@@ -27,8 +29,33 @@ class AggregateInputs:
     key: Tensor
     value: Tensor
     pairwise: Pairwise
-    graph: str = "full"
+    graph: str | RegularGraph | COOGraph = "full"
     return_attention: bool = False
+
+    @property
+    def graph_kind(self) -> str:
+        """``"full"``, ``"regular"`` or ``"coo"``."""
+        if isinstance(self.graph, RegularGraph):
+            return "regular"
+        if isinstance(self.graph, COOGraph):
+            return "coo"
+        return self.graph if isinstance(self.graph, str) else type(self.graph).__name__
+
+    def regular_graph(self) -> RegularGraph:
+        """The graph as a :class:`RegularGraph` (the full graph: every key in every row)."""
+        if isinstance(self.graph, RegularGraph):
+            return self.graph
+        if isinstance(self.graph, COOGraph):
+            return self.graph.to_regular()
+        n, m = self.num_queries, self.num_keys
+        index = torch.arange(m, device=self.key.device).expand(1, n, m)
+        return RegularGraph(index, m)
+
+    def coo_graph(self) -> COOGraph:
+        """The graph as a :class:`COOGraph` (a regular graph must be shared by the batch)."""
+        if isinstance(self.graph, COOGraph):
+            return self.graph
+        return self.regular_graph().to_coo(0)
 
     @property
     def num_queries(self) -> int:
@@ -73,4 +100,42 @@ class AggregateInputs:
             raise ValueError(
                 f"concat_weight: expected shape ({2 * q.shape[2]},) = (2*Cq,), got {got}"
             )
-        check_choice("graph", self.graph, GRAPHS)
+        self._validate_graph()
+
+    def _validate_graph(self) -> None:
+        g, n, m, b = self.graph, self.num_queries, self.num_keys, self.query.shape[0]
+        if isinstance(g, str):
+            if g != "full":
+                raise ValueError(f"graph: expected 'full', a RegularGraph or a COOGraph, got {g!r}")
+            return
+        if not isinstance(g, (RegularGraph, COOGraph)):
+            raise TypeError(
+                f"graph: expected 'full', a RegularGraph or a COOGraph, got {type(g).__name__}"
+            )
+        if g.num_keys != m or g.num_queries != n:
+            raise ValueError(
+                f"graph: expected {n} queries and {m} keys (from query/key), "
+                f"got {g.num_queries} queries and {g.num_keys} keys"
+            )
+        if isinstance(g, RegularGraph):
+            if g.index.shape[0] not in (1, b):
+                raise ValueError(
+                    f"graph: expected a RegularGraph index of shape (1 or {b}, {n}, k), "
+                    f"got {tuple(g.index.shape)}"
+                )
+            idx, dev = g.index, g.index.device
+        else:
+            idx, dev = g.edge_index[0], g.edge_index.device
+            _check_range("edge_index[1] (queries)", g.edge_index[1], n)
+        if dev != self.query.device:
+            raise ValueError(f"graph: expected device {self.query.device}, got {dev}")
+        _check_range("graph (key indices)", idx, m)
+
+
+def _check_range(name: str, idx: Tensor, size: int) -> None:
+    """``IndexError`` unless every entry of ``idx`` lies in [0, size) (reads the values)."""
+    if idx.numel() == 0:
+        return
+    low, high = int(idx.min()), int(idx.max())
+    if low < 0 or high >= size:
+        raise IndexError(f"{name}: expected indices in [0, {size}), got values in [{low}, {high}]")

@@ -1,6 +1,8 @@
 """Aggregation kernels; each declares what it supports (see :class:`Kernel`)."""
 
 from .base import Kernel
+from .coo import COOKernel
 from .dense import DenseKernel
+from .regular import RegularKernel
 
-__all__ = ["DenseKernel", "Kernel"]
+__all__ = ["COOKernel", "DenseKernel", "Kernel", "RegularKernel"]

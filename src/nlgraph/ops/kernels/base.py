@@ -52,8 +52,10 @@ class Kernel:
     def not_supported_reasons(cls, inp: AggregateInputs) -> list[str]:
         """Why this kernel cannot run ``inp`` (an empty list when it can)."""
         reasons = []
-        if inp.graph not in cls.SUPPORTED_GRAPHS:
-            reasons.append(f"graph={inp.graph!r} (supported: {', '.join(cls.SUPPORTED_GRAPHS)})")
+        if inp.graph_kind not in cls.SUPPORTED_GRAPHS:
+            reasons.append(
+                f"graph={inp.graph_kind!r} (supported: {', '.join(cls.SUPPORTED_GRAPHS)})"
+            )
         if inp.pairwise.mode not in cls.SUPPORTED_MODES:
             reasons.append(
                 f"mode={inp.pairwise.mode!r} (supported: {', '.join(cls.SUPPORTED_MODES)})"

@@ -1,0 +1,128 @@
+"""Edge-set storage shared by builders and kernels.
+
+Two layouts (see ``docs/design.md`` of the project notes):
+
+- :class:`RegularGraph`: up to k neighbours per query as a ``(G, N, k)`` key index, padded where
+  a query has fewer (``mask`` False there), with G = 1 (shared by the batch) or G = B (one graph
+  per sample). The ELL layout: gathers with ``index_select``, softmax over the last axis.
+- :class:`COOGraph`: any degree, an ``edge_index`` of shape (2, E) with row 0 the key (source) j
+  in [0, N') and row 1 the query (target) i in [0, N), shared by the batch (PyG's
+  ``source_to_target`` flow).
+
+Conversions between them are exact: :meth:`RegularGraph.to_coo` drops the padding,
+:meth:`COOGraph.to_regular` pads each query's neighbour list to the largest degree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .._validate import describe
+
+__all__ = ["COOGraph", "RegularGraph"]
+
+
+@dataclass(frozen=True, eq=False)
+class RegularGraph:
+    r"""Up to k neighbours per query, stored as a padded key index.
+
+    Args:
+        index (Tensor): (G, N, k) int64 key indices in [0, N'); G = 1 (shared) or B.
+            Padding slots must still hold a valid index (e.g. 0).
+        num_keys (int): N'.
+        mask (Tensor, optional): (G, N, k) bool, True for a real edge. ``None``: all real.
+
+    Shapes:
+        - :meth:`to_coo`: (2, E) for one graph of the G
+    """
+
+    index: Tensor
+    num_keys: int
+    mask: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.index.dim() != 3 or self.index.dtype != torch.long:
+            raise ValueError(
+                f"index: expected a (G, N, k) int64 tensor, got {describe(self.index)}"
+            )
+        if self.mask is not None and (
+            self.mask.shape != self.index.shape or self.mask.dtype != torch.bool
+        ):
+            raise ValueError(
+                f"mask: expected a bool tensor of shape {tuple(self.index.shape)}, "
+                f"got {describe(self.mask)}"
+            )
+
+    @property
+    def num_queries(self) -> int:
+        """N, the number of queries."""
+        return self.index.shape[1]
+
+    @property
+    def k(self) -> int:
+        """The largest number of neighbours per query (the padded width)."""
+        return self.index.shape[2]
+
+    def degree(self) -> Tensor:
+        """(G, N) number of real neighbours of each query."""
+        if self.mask is None:
+            return torch.full(self.index.shape[:2], self.k, device=self.index.device)
+        return self.mask.sum(-1)
+
+    def to_coo(self, graph: int = 0) -> COOGraph:
+        """Graph ``graph`` of the G as a :class:`COOGraph` (padding dropped)."""
+        idx = self.index[graph]
+        target = torch.arange(self.num_queries, device=idx.device).repeat_interleave(self.k)
+        source = idx.reshape(-1)
+        if self.mask is not None:
+            keep = self.mask[graph].reshape(-1)
+            source, target = source[keep], target[keep]
+        return COOGraph(torch.stack([source, target]), self.num_queries, self.num_keys)
+
+
+@dataclass(frozen=True, eq=False)
+class COOGraph:
+    r"""Any edge set as a PyG ``edge_index`` shared by the batch.
+
+    Args:
+        edge_index (Tensor): (2, E) int64; row 0 key (source) j in [0, N'), row 1 query
+            (target) i in [0, N).
+        num_queries (int): N.
+        num_keys (int): N'.
+    """
+
+    edge_index: Tensor
+    num_queries: int
+    num_keys: int
+
+    def __post_init__(self) -> None:
+        ei = self.edge_index
+        if ei.dim() != 2 or ei.shape[0] != 2 or ei.dtype != torch.long:
+            raise ValueError(f"edge_index: expected a (2, E) int64 tensor, got {describe(ei)}")
+
+    @property
+    def num_edges(self) -> int:
+        """E."""
+        return self.edge_index.shape[1]
+
+    def to_regular(self) -> RegularGraph:
+        """The same edges as a (1, N, k_max) :class:`RegularGraph` (k_max: largest in-degree).
+
+        Reads the degrees (a host synchronisation): for building graphs, not for hot paths.
+        """
+        source, target = self.edge_index
+        n = self.num_queries
+        order = torch.argsort(target, stable=True)
+        source, target = source[order], target[order]
+        deg = torch.bincount(target, minlength=n)
+        k = int(deg.max()) if self.num_edges else 0
+        start = torch.cumsum(deg, 0) - deg
+        slot = torch.arange(self.num_edges, device=source.device) - start[target]
+        index = torch.zeros(n, max(k, 1), dtype=torch.long, device=source.device)
+        mask = torch.zeros(n, max(k, 1), dtype=torch.bool, device=source.device)
+        index[target, slot] = source
+        mask[target, slot] = True
+        return RegularGraph(index.unsqueeze(0), self.num_keys, mask.unsqueeze(0))
