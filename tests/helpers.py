@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import pytest
@@ -182,8 +182,12 @@ def reference_block(
     scale_factor: float,
     norm: Mapping[str, Any] | None,
     training: bool,
+    mask: Tensor | Callable[[Tensor, Tensor], Tensor] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """The whole non-local block in float64 from raw weights: ``(z, weights (B, N, N'))``.
+
+    ``mask`` restricts the neighbours: a bool (N, N') or (B, N, N') tensor, or a function of the
+    flattened (query (B, N, Cq), key (B, N', Cq)) embeddings returning one (for k-NN graphs).
 
     ``params`` uses the block's state_dict names (``theta.weight``, ``g.bias``,
     ``w_z.weight``, ``concat_project.weight`` …); ``norm`` holds ``weight``, ``bias``,
@@ -218,7 +222,10 @@ def reference_block(
     if mode == "concatenation":
         cw = params["concat_project.weight"].double().reshape(-1)
         u, w = cw[: cw.numel() // 2], cw[cw.numel() // 2 :]
-    y, weights = reference_aggregate(flat(query), flat(key), flat(value), mode, scale_factor, u, w)
+    q_flat, k_flat = flat(query), flat(key)
+    if callable(mask):
+        mask = mask(q_flat.detach(), k_flat.detach())
+    y, weights = reference_aggregate(q_flat, k_flat, flat(value), mode, scale_factor, u, w, mask)
     y = y.transpose(1, 2).reshape(batch, y.shape[-1], *x.shape[2:])
     out = proj("w_z", y)
     if norm is not None:

@@ -336,7 +336,7 @@ def test_default_inter_channels(c, ci) -> None:
         (dict(norm="none"), ValueError, r"^norm: expected"),
         (dict(weight_init="xavier"), ValueError, r"^weight_init: expected one of"),
         (dict(backend="nope"), ValueError, r"^backend: expected one of 'auto', 'dense'"),
-        (dict(graph="knn"), ValueError, r"^graph: expected one of 'full'"),
+        (dict(graph="knn"), ValueError, r"^graph: expected 'full', a KNN"),
         (dict(pool_size=0), ValueError, r"^pool_size: expected"),
         (dict(pool_size=(2,)), ValueError, r"^pool_size: expected .* tuple of 2 positive ints"),
         (dict(pool_size=(2, 2, 2)), ValueError, r"^pool_size:"),

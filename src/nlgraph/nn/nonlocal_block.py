@@ -13,6 +13,9 @@ from typing_extensions import Self
 
 from .._validate import check_choice, check_float_tensor, check_positive_int, describe
 from ..attention import Attention
+from ..graphs.base import COOGraph, RegularGraph
+from ..graphs.feature_knn import KNN
+from ..graphs.window import TemporalGroups, Window
 from ..ops import nonlocal_aggregate
 from ..ops.dispatch import KERNELS
 from ..pairwise import MODES, Pairwise, resolve_scale
@@ -22,7 +25,6 @@ __all__ = ["NonLocalBlock1d", "NonLocalBlock2d", "NonLocalBlock3d"]
 WEIGHT_INITS: tuple[str, ...] = ("pytorch", "normal", "kaiming", "mmcv")
 NORMS: tuple[Any, ...] = ("batch", None)
 PLACEMENTS: tuple[str, ...] = ("after", "before")
-GRAPHS: tuple[str, ...] = ("full",)
 
 _CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 _BATCHNORM = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
@@ -78,8 +80,17 @@ class _NonLocalBlockNd(nn.Module):
             (default: ``"pytorch"``)
         norm_eps (float): epsilon of the BatchNorm. (default: ``1e-5``)
         norm_momentum (float): momentum of the BatchNorm. (default: ``0.1``)
-        graph (str): the edge set; ``"full"`` (all pairs) in this release. (default: ``"full"``)
-        backend (str): kernel for :func:`nlgraph.ops.nonlocal_aggregate`. (default: ``"auto"``)
+        graph: the edge set N(i): ``"full"`` (all pairs: the dense block), a
+            :class:`~nlgraph.graphs.KNN` (the k keys with the largest θ_i·φ_j, or nearest in L2 /
+            cosine, rebuilt every forward per sample without gradient), a
+            :class:`~nlgraph.graphs.Window` or :class:`~nlgraph.graphs.TemporalGroups` (position
+            space; with ``sub_sample`` a query maps onto the pooled key cell that contains it), or
+            a LongTensor ``edge_index`` (2, E) over flattened positions (row 0 key j in [0, N'),
+            row 1 query i in [0, N)), shared by the batch. Normalisation is over N(i): softmax
+            for the Gaussians, division by |N(i)| otherwise; a query without neighbours gets
+            y_i = 0. (default: ``"full"``)
+        backend (str): kernel for :func:`nlgraph.ops.nonlocal_aggregate`: ``"auto"``,
+            ``"dense"``, ``"regular"`` or ``"coo"``. (default: ``"auto"``)
         device, dtype: forwarded to every parameter.
 
     Shapes:
@@ -120,7 +131,7 @@ class _NonLocalBlockNd(nn.Module):
         weight_init: str = "pytorch",
         norm_eps: float = 1e-5,
         norm_momentum: float = 0.1,
-        graph: str = "full",
+        graph: str | KNN | Window | TemporalGroups | Tensor = "full",
         backend: str = "auto",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
@@ -134,7 +145,7 @@ class _NonLocalBlockNd(nn.Module):
         check_choice("pool_placement", pool_placement, PLACEMENTS)
         check_choice("norm", norm, NORMS)
         check_choice("weight_init", weight_init, WEIGHT_INITS)
-        check_choice("graph", graph, GRAPHS)
+        edge_index = self._check_graph(graph)
         check_choice("backend", backend, ("auto", *KERNELS))
         if not (isinstance(norm_eps, (int, float)) and norm_eps > 0):
             raise ValueError(f"norm_eps: expected a positive float, got {norm_eps!r}")
@@ -154,7 +165,8 @@ class _NonLocalBlockNd(nn.Module):
         self.zero_init = bool(zero_init)
         self.out_bias = bool(out_bias)
         self.weight_init = weight_init
-        self.graph = graph
+        self.graph = "edge_index" if edge_index is not None else graph
+        self.register_buffer("edge_index", edge_index, persistent=False)
         self.backend = backend
 
         fk: dict[str, Any] = {"device": device, "dtype": dtype}
@@ -177,6 +189,25 @@ class _NonLocalBlockNd(nn.Module):
         self.reset_parameters()
 
     # ------------------------------------------------------------------ construction helpers
+    def _check_graph(self, graph: Any) -> Tensor | None:
+        """Validate ``graph``; return it when it is an ``edge_index`` tensor."""
+        if isinstance(graph, Tensor):
+            if graph.dim() != 2 or graph.shape[0] != 2 or graph.dtype != torch.long:
+                raise ValueError(
+                    f"graph: expected an int64 edge_index of shape (2, E), got {describe(graph)}"
+                )
+            return graph
+        if isinstance(graph, TemporalGroups) and self.dims != 3:
+            raise ValueError(
+                f"graph: expected a 3-D block for TemporalGroups, got a {self.dims}-D block"
+            )
+        if not (graph == "full" or isinstance(graph, (KNN, Window, TemporalGroups))):
+            raise ValueError(
+                "graph: expected 'full', a KNN, Window or TemporalGroups spec, or an edge_index "
+                f"tensor, got {graph!r}"
+            )
+        return None
+
     def _normalise_pool_size(self, pool_size: int | tuple[int, ...] | None) -> tuple[int, ...]:
         if pool_size is None:
             return self.default_pool_size
@@ -282,21 +313,57 @@ class _NonLocalBlockNd(nn.Module):
                 key = self._pool(key)
         return tuple(t.flatten(2).transpose(1, 2) for t in (query, key, value))
 
-    @overload
-    def forward(self, x: Tensor, return_attention: Literal[False] = ...) -> Tensor: ...
+    def build_graph(self, x: Tensor, query: Tensor, key: Tensor) -> str | RegularGraph | COOGraph:
+        """The edge set for input ``x`` with embeddings ``query`` (B, N, Cq), ``key`` (B, N', Cq).
+
+        Call it once and pass the result as ``forward(x, graph=...)`` to share one graph between
+        several blocks or steps.
+        """
+        spec, spatial = self.graph, tuple(x.shape[2:])
+        n, m = query.shape[1], key.shape[1]
+        if isinstance(spec, KNN):
+            return spec.build(query, key)
+        if isinstance(spec, (Window, TemporalGroups)):
+            key_shape = self._key_shape(spatial)
+            return spec.build(spatial, key_shape, self.pool_size if self.sub_sample else None,
+                              device=x.device)  # fmt: skip
+        if spec == "edge_index":
+            return COOGraph(self.edge_index, n, m)
+        return "full"
+
+    def _key_shape(self, spatial: tuple[int, ...]) -> tuple[int, ...]:
+        if not self.sub_sample:
+            return spatial
+        return tuple(s // p for s, p in zip(spatial, self.pool_size))
 
     @overload
-    def forward(self, x: Tensor, return_attention: Literal[True]) -> tuple[Tensor, Attention]: ...
+    def forward(
+        self, x: Tensor, return_attention: Literal[False] = ..., graph: Any = ...
+    ) -> Tensor: ...
+
+    @overload
+    def forward(
+        self, x: Tensor, return_attention: Literal[True], graph: Any = ...
+    ) -> tuple[Tensor, Attention]: ...
 
     def forward(
-        self, x: Tensor, return_attention: bool = False
+        self,
+        x: Tensor,
+        return_attention: bool = False,
+        graph: str | RegularGraph | COOGraph | None = None,
     ) -> Tensor | tuple[Tensor, Attention]:
-        """z = x + Norm(W_z y); with ``return_attention=True`` also the weights (see class doc)."""
+        """z = x + Norm(W_z y); with ``return_attention=True`` also the weights (see class doc).
+
+        ``graph`` overrides the block's edge set with a prebuilt one (e.g. from
+        :meth:`build_graph` of another block, to share one k-NN graph).
+        """
         self._check_input(x)
         query, key, value = self.embed(x)
+        if graph is None:
+            graph = self.build_graph(x, query, key)
         out = nonlocal_aggregate(
             query, key, value, self.pairwise(),
-            graph=self.graph, backend=self.backend, return_attention=return_attention,
+            graph=graph, backend=self.backend, return_attention=return_attention,
         )  # fmt: skip
         y, attn = out if return_attention else (out, None)
         y = y.transpose(1, 2).reshape(x.shape[0], self.inter_channels, *x.shape[2:])
@@ -363,7 +430,9 @@ class _NonLocalBlockNd(nn.Module):
             graph=self.graph, backend=self.backend,
         )  # fmt: skip
         for key, value in current.items():
-            if value != _DEFAULTS[key]:
+            if key == "graph" and value == "edge_index":
+                parts.append(f"graph=edge_index(E={self.edge_index.shape[1]})")
+            elif value != _DEFAULTS[key]:
                 parts.append(f"{key}={value}")
         return ", ".join(parts)
 

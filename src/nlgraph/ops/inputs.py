@@ -123,13 +123,13 @@ class AggregateInputs:
                     f"graph: expected a RegularGraph index of shape (1 or {b}, {n}, k), "
                     f"got {tuple(g.index.shape)}"
                 )
-            idx, dev = g.index, g.index.device
+            idx, dev, name = g.index, g.index.device, "graph (key indices)"
         else:
-            idx, dev = g.edge_index[0], g.edge_index.device
+            idx, dev, name = g.edge_index[0], g.edge_index.device, "edge_index[0] (keys)"
             _check_range("edge_index[1] (queries)", g.edge_index[1], n)
         if dev != self.query.device:
             raise ValueError(f"graph: expected device {self.query.device}, got {dev}")
-        _check_range("graph (key indices)", idx, m)
+        _check_range(name, idx, m)
 
 
 def _check_range(name: str, idx: Tensor, size: int) -> None:

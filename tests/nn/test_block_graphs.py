@@ -1,0 +1,191 @@
+"""Non-local blocks over k-NN, window, temporal-group and user edge sets, against the fp64
+reference restricted to a neighbour mask built independently (brute force, explicit loops)."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from nlgraph import NonLocalBlock1d, NonLocalBlock2d, NonLocalBlock3d
+from nlgraph.graphs import KNN, TemporalGroups, Window
+from tests.helpers import (
+    DEFAULT_POOL,
+    MODES,
+    block_reference_args,
+    randomise_block_,
+    reference_block,
+)
+
+F64 = torch.float64
+BLOCKS = {1: NonLocalBlock1d, 2: NonLocalBlock2d, 3: NonLocalBlock3d}
+SHAPES = {1: (9,), 2: (7, 9), 3: (3, 5, 6)}
+
+
+def _block(dims: int, mode: str, sub_sample: bool, **kw) -> torch.nn.Module:
+    block = BLOCKS[dims](6, 4, mode=mode, sub_sample=sub_sample, zero_init=False, dtype=F64, **kw)
+    return randomise_block_(block)
+
+
+def _x(dims: int, b: int = 2) -> torch.Tensor:
+    return torch.randn(b, 6, *SHAPES[dims], dtype=F64)
+
+
+def _check(block, x, mask, training: bool = False) -> None:
+    block.train(training)
+    z = block(x)
+    z_ref, _ = reference_block(x, **block_reference_args(block), mask=mask)
+    torch.testing.assert_close(z, z_ref, atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("dims", [1, 2, 3])
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("sub_sample", [False, True])
+@pytest.mark.parametrize("backend", ["regular", "coo"])
+def test_full_graph_through_graph_kernels_equals_dense_block(dims, mode, sub_sample, backend):
+    block = _block(dims, mode, sub_sample, backend=backend)
+    x = _x(dims)
+    for training in (False, True):
+        _check(block, x, None, training)
+
+
+def _knn_mask(k: int, metric: str):
+    def mask(q: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+        if metric == "logit":
+            score = q @ key.transpose(1, 2)
+        elif metric == "l2":
+            score = -torch.cdist(q, key)
+        else:
+            score = torch.nn.functional.normalize(q, dim=-1) @ torch.nn.functional.normalize(
+                key, dim=-1
+            ).transpose(1, 2)
+        order = torch.argsort(score, dim=-1, descending=True, stable=True)[..., :k]
+        return torch.zeros_like(score, dtype=torch.bool).scatter_(-1, order, True)
+
+    return mask
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("metric", ["logit", "l2", "cosine"])
+@pytest.mark.parametrize("sub_sample", [False, True])
+def test_knn_block_equals_masked_reference(mode, metric, sub_sample):
+    block = _block(2, mode, sub_sample, graph=KNN(5, metric=metric, block_size=7))
+    x = _x(2)
+    _check(block, x, _knn_mask(5, metric))
+    _check(block, x, _knn_mask(5, metric), training=True)
+
+
+def test_knn_k_at_least_keys_is_the_dense_block():
+    dense = _block(2, "embedded_gaussian", True)
+    sparse = _block(2, "embedded_gaussian", True, graph=KNN(12))  # N' = 3 * 4 = 12
+    sparse.load_state_dict(dense.state_dict())
+    x = _x(2)
+    assert torch.equal(sparse.eval()(x), dense.eval()(x))
+
+
+def test_knn_ties_go_to_the_lower_index():
+    block = NonLocalBlock1d(2, 2, mode="gaussian", sub_sample=False, graph=KNN(2), dtype=F64)
+    x = torch.tensor([[[1.0, 1.0, 1.0, 1.0, 0.0], [0.0, 0.0, 0.0, 0.0, 0.0]]], dtype=F64)
+    q, k, _ = block.embed(x)
+    graph = block.build_graph(x, q, k)
+    assert graph.index[0, 0].tolist() == [0, 1]  # logits 1, 1, 1, 1, 0: the first two
+
+
+def _window_mask(shape, radius, dilation, pool):
+    key_shape = tuple(s // p for s, p in zip(shape, pool))
+    queries = list(itertools.product(*(range(s) for s in shape)))
+    keys = list(itertools.product(*(range(s) for s in key_shape)))
+    mask = torch.zeros(len(queries), len(keys), dtype=torch.bool)
+    for i, c in enumerate(queries):
+        cell = [min(cd // p, ks - 1) for cd, p, ks in zip(c, pool, key_shape)]
+        for j, kc in enumerate(keys):
+            diffs = [kd - cd for kd, cd in zip(kc, cell)]
+            if all(abs(d) <= radius * dilation and d % dilation == 0 for d in diffs):
+                mask[i, j] = True
+    return mask
+
+
+@pytest.mark.parametrize("dims", [1, 2, 3])
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize(
+    ("radius", "dilation", "sub_sample"), [(1, 1, False), (1, 2, False), (1, 1, True)]
+)
+def test_window_block_equals_masked_reference(dims, mode, radius, dilation, sub_sample):
+    block = _block(dims, mode, sub_sample, graph=Window(radius, dilation))
+    pool = DEFAULT_POOL[dims] if sub_sample else (1,) * dims
+    _check(block, _x(dims), _window_mask(SHAPES[dims], radius, dilation, pool))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_temporal_groups_block_equals_masked_reference(mode):
+    block = _block(3, mode, True, graph=TemporalGroups(2))
+    x = torch.randn(2, 6, 4, 4, 5, dtype=F64)
+    t_of_query = torch.arange(4).repeat_interleave(4 * 5)
+    t_of_key = torch.arange(4).repeat_interleave(2 * 2)  # pool (1, 2, 2)
+    mask = (t_of_query[:, None] // 2) == (t_of_key[None, :] // 2)
+    _check(block, x, mask)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_edge_index_block_equals_masked_reference(mode):
+    n, m = 63, 12  # 7x9 queries, 3x4 pooled keys
+    mask = torch.rand(n, m) > 0.7
+    mask[5] = False  # a query without neighbours: y = 0, z = x + Norm(W_z 0)
+    target, source = mask.nonzero().t()
+    block = _block(2, mode, True, graph=torch.stack([source, target]))
+    _check(block, _x(2), mask)
+    _check(block, _x(2), mask, training=True)
+
+
+def test_shared_graph_and_gradients():
+    x = _x(2).requires_grad_(True)
+    a = _block(2, "embedded_gaussian", False, graph=KNN(6))
+    b = _block(2, "embedded_gaussian", False, graph=KNN(6))
+    q, k, _ = a.embed(x)
+    graph = a.build_graph(x, q, k)
+    z = b(a(x, graph=graph), graph=graph)
+    z_ref = reference_block(
+        reference_block(x, **block_reference_args(a), mask=_mask_of(graph))[0],
+        **block_reference_args(b),
+        mask=_mask_of(graph),
+    )[0]
+    torch.testing.assert_close(z, z_ref, atol=1e-10, rtol=1e-10)
+    g = torch.randn_like(z)
+    got = torch.autograd.grad(z, (x, a.theta.weight), g)
+    want = torch.autograd.grad(z_ref, (x, a.theta.weight), g)
+    for u, v in zip(got, want):
+        torch.testing.assert_close(u, v, atol=1e-9, rtol=1e-9)
+
+
+def _mask_of(graph) -> torch.Tensor:
+    b, n, _ = graph.index.shape
+    return torch.zeros(b, n, graph.num_keys, dtype=torch.bool).scatter_(-1, graph.index, True)
+
+
+def test_attention_on_graphs():
+    block = _block(2, "embedded_gaussian", True, graph=Window(1))
+    z, attn = block(_x(2), return_attention=True)
+    dense = attn.to_dense()
+    assert dense.shape == (2, 63, 12)
+    torch.testing.assert_close(dense.sum(-1), torch.ones(2, 63, dtype=F64))
+    edge_index, weights = attn.edges(1)
+    assert edge_index.shape[0] == 2 and weights.shape == (edge_index.shape[1],)
+
+
+def test_graph_errors_and_repr():
+    with pytest.raises(ValueError, match=r"^graph: expected 'full', a KNN"):
+        NonLocalBlock2d(8, graph="knn")
+    with pytest.raises(ValueError, match=r"^graph: expected a 3-D block for TemporalGroups"):
+        NonLocalBlock2d(8, graph=TemporalGroups(2))
+    with pytest.raises(ValueError, match=r"^graph: expected an int64 edge_index of shape \(2, E\)"):
+        NonLocalBlock2d(8, graph=torch.zeros(3, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"^k: expected a positive int"):
+        KNN(0)
+    assert NonLocalBlock2d(8, graph=KNN(16)).extra_repr() == "8, 4, graph=KNN(k=16)"
+    ei = torch.zeros(2, 5, dtype=torch.long)
+    assert NonLocalBlock2d(8, graph=ei).extra_repr() == "8, 4, graph=edge_index(E=5)"
+    assert (
+        NonLocalBlock2d(8, graph=Window(2, 2), backend="coo").extra_repr()
+        == "8, 4, graph=Window(radius=2, dilation=2), backend=coo"
+    )
