@@ -31,15 +31,21 @@ METRICS: tuple[str, ...] = ("logit", "l2", "cosine")
 def topk_lowest_index(scores: Tensor, k: int) -> Tensor:
     """Indices (…, k) of the k largest entries of each row, ties towards the lower index,
     returned in ascending index order. Exact and deterministic (unlike ``torch.topk``'s
-    tie-breaking)."""
-    kth = torch.topk(scores, k, dim=-1).values[..., -1:]
-    above = scores > kth
-    need = k - above.sum(-1, keepdim=True)
-    tied = scores == kth
-    chosen = above | (tied & (tied.cumsum(-1) <= need))
-    # Exactly k True per row: their positions in ascending order.
-    order = torch.sort(chosen.to(torch.int8), dim=-1, descending=True, stable=True).indices
-    return order[..., :k]
+    tie-breaking).
+
+    ``torch.topk`` picks the right set except in rows where the k-th largest value is tied with
+    an entry that was left out, i.e. where the (k+1)-th largest equals the k-th; only those rows
+    (almost never any with continuous features) are redone with a stable sort.
+    """
+    if k >= scores.shape[-1]:
+        return torch.arange(scores.shape[-1], device=scores.device).expand(*scores.shape[:-1], -1)
+    values, index = torch.topk(scores, k + 1, dim=-1)
+    index = index[..., :k].clone()
+    redo = (values[..., k] == values[..., k - 1]).nonzero(as_tuple=True)
+    if redo[0].numel():
+        rows = scores[redo]
+        index[redo] = torch.sort(rows, dim=-1, descending=True, stable=True).indices[..., :k]
+    return torch.sort(index, dim=-1).values
 
 
 @dataclass(frozen=True)
@@ -50,8 +56,9 @@ class KNN:
         k (int): neighbours per query (k >= N' means the full graph).
         metric (str): ``"logit"``, ``"l2"`` or ``"cosine"`` (see the module docstring).
             (default: ``"logit"``)
-        block_size (int): queries scored at once (memory O(B · block_size · N')).
-            (default: ``1024``)
+        block_size (int, optional): queries scored at once (memory O(B · block_size · N')).
+            ``None`` picks min(1024, max(16, 2**22 // (B · N'))) rows: a score buffer of about
+            16 MiB in float32. (default: ``None``)
 
     Shapes:
         - :meth:`build` query (B, N, C), key (B, N', C) → RegularGraph index (B, N, k)
@@ -64,12 +71,13 @@ class KNN:
 
     k: int
     metric: str = "logit"
-    block_size: int = 1024
+    block_size: int | None = None
 
     def __post_init__(self) -> None:
         check_positive_int("k", self.k)
         check_choice("metric", self.metric, METRICS)
-        check_positive_int("block_size", self.block_size)
+        if self.block_size is not None:
+            check_positive_int("block_size", self.block_size)
 
     @torch.no_grad()
     def build(self, query: Tensor, key: Tensor) -> RegularGraph | str:
@@ -84,8 +92,9 @@ class KNN:
         key_t = kk.transpose(1, 2)
         sq = (kk * kk).sum(-1).unsqueeze(1) if self.metric == "l2" else None
         index = torch.empty(b, n, self.k, dtype=torch.long, device=query.device)
-        for start in range(0, n, self.block_size):
-            stop = min(start + self.block_size, n)
+        block = self.block_size or min(1024, max(16, (1 << 22) // (b * m)))
+        for start in range(0, n, block):
+            stop = min(start + block, n)
             scores = torch.bmm(q[:, start:stop], key_t)
             if sq is not None:  # -(|k|^2 - 2 q.k): larger is nearer (|q|^2 is constant per row)
                 scores = 2 * scores - sq

@@ -90,6 +90,7 @@ class _RegularAggregate(torch.autograd.Function):
     @once_differentiable
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
         query, key, value, index, mask = ctx.saved_tensors
+        grad_out = grad_out.contiguous()
         mask = mask if ctx.has_mask else None
         mode, scale = ctx.mode, ctx.scale
         batch, n, num_keys = query.shape[0], query.shape[1], key.shape[1]
@@ -167,9 +168,11 @@ def regular_aggregate(
     width = max(key.shape[-1] if key.dim() == 3 else 1, value.shape[-1])
     if chunk is None:
         chunk = max(1, CHUNK_ELEMENTS // max(1, batch * k * width))
-    mask = None if graph.mask is None else graph.mask
+    # Channels-last contiguous operands: the per-query contractions below run as one batched
+    # matmul; strided views (e.g. transposed conv outputs) make it copy every tiny batch.
+    query, key, value = query.contiguous(), key.contiguous(), value.contiguous()
     return _RegularAggregate.apply(
-        mode, scale, query, key, value, graph.index, mask, min(chunk, max(n, 1))
+        mode, scale, query, key, value, graph.index, graph.mask, min(chunk, max(n, 1))
     )
 
 
