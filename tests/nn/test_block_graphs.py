@@ -189,3 +189,21 @@ def test_graph_errors_and_repr():
         NonLocalBlock2d(8, graph=Window(2, 2), backend="coo").extra_repr()
         == "8, 4, graph=Window(radius=2, dilation=2), backend=coo"
     )
+
+
+def test_knn_reuse_shares_one_graph_until_reset():
+    spec = KNN(5, reuse=True)
+    assert repr(spec) == "KNN(k=5, reuse=True)"
+    a = _block(2, "dot_product", False, graph=spec)
+    b = _block(2, "dot_product", False, graph=spec)
+    x = _x(2)
+    qa, ka, _ = a.embed(x)
+    first = a.build_graph(x, qa, ka)
+    assert b.build_graph(x, *b.embed(x)[:2]) is first  # b reuses a's graph
+    # b's output equals the reference restricted to a's neighbours
+    _check(b, x, _mask_of(first))
+    spec.reset()
+    qb, kb, _ = b.embed(x)
+    rebuilt = b.build_graph(x, qb, kb)
+    assert rebuilt is not first
+    assert torch.equal(_mask_of(rebuilt), _knn_mask(5, "logit")(qb, kb))

@@ -15,7 +15,7 @@ full graph (``"full"``) is returned, so the dense fast paths run.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -59,6 +59,12 @@ class KNN:
         block_size (int, optional): queries scored at once (memory O(B · block_size · N')).
             ``None`` picks min(1024, max(16, 2**22 // (B · N'))) rows: a score buffer of about
             16 MiB in float32. (default: ``None``)
+        reuse (bool): keep the first graph built and return it from every later :meth:`build`
+            with the same (B, N, N') and device, so that several blocks or heads holding this
+            spec share one graph (built from the embeddings of the first caller). The graph is
+            then frozen: call :meth:`reset` to rebuild it (e.g. once per batch). The explicit
+            alternative is ``block.build_graph(...)`` and ``forward(x, graph=...)``.
+            (default: ``False``)
 
     Shapes:
         - :meth:`build` query (B, N, C), key (B, N', C) → RegularGraph index (B, N, k)
@@ -72,6 +78,8 @@ class KNN:
     k: int
     metric: str = "logit"
     block_size: int | None = None
+    reuse: bool = False
+    _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         check_positive_int("k", self.k)
@@ -85,6 +93,20 @@ class KNN:
         b, n, m = query.shape[0], query.shape[1], key.shape[1]
         if self.k >= m:
             return "full"
+        cache_key = (b, n, m, query.device)
+        if self.reuse and cache_key in self._cache:
+            return self._cache[cache_key]
+        graph = self._build(query, key)
+        if self.reuse:
+            self._cache[cache_key] = graph
+        return graph
+
+    def reset(self) -> None:
+        """Forget the graphs kept by ``reuse=True``."""
+        self._cache.clear()
+
+    def _build(self, query: Tensor, key: Tensor) -> RegularGraph:
+        b, n, m = query.shape[0], query.shape[1], key.shape[1]
         q, kk = query.detach(), key.detach()
         if self.metric == "cosine":
             q = torch.nn.functional.normalize(q, dim=-1)
@@ -103,4 +125,5 @@ class KNN:
 
     def __repr__(self) -> str:
         extra = "" if self.metric == "logit" else f", metric={self.metric!r}"
+        extra += ", reuse=True" if self.reuse else ""
         return f"KNN(k={self.k}{extra})"
