@@ -248,6 +248,9 @@ def _slug(heading: str) -> str:
     return re.sub(r"[^a-z0-9 _-]", "", heading.lower()).replace(" ", "-")
 
 
+_PACKAGE = Path(importlib.import_module("nlgraph").__file__).resolve().parent
+
+
 def public_members(cls: type) -> list[tuple[str, Any]]:
     """Public methods and properties of ``cls`` defined in nlgraph, inherited ones included,
     except overrides of a non-nlgraph base (``extra_repr``...) other than ``forward``."""
@@ -260,6 +263,11 @@ def public_members(cls: type) -> list[tuple[str, Any]]:
             continue
         raw = owner.__dict__[name]
         if not (isinstance(raw, (property, classmethod, staticmethod)) or inspect.isfunction(raw)):
+            continue
+        # PyG's MessagePassing writes generated methods (collect, propagate...) into subclasses
+        # when it is first instantiated: keep only functions written in nlgraph's source.
+        code = getattr(member_function(raw), "__code__", None)
+        if code is not None and not Path(code.co_filename).resolve().is_relative_to(_PACKAGE):
             continue
         foreign = any(
             name in k.__dict__ and not k.__module__.startswith("nlgraph") for k in cls.__mro__

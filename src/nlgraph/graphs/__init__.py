@@ -1,6 +1,14 @@
 """Edge sets (full, k-NN, window, user edge_index), builders and conversions."""
 
 from .base import COOGraph, RegularGraph
+from .convert import (
+    data_to_feature_map,
+    feature_map_to_data,
+    from_edge_index,
+    full_edge_index,
+    grid_positions,
+    to_edge_index,
+)
 from .feature_knn import KNN
 from .knn import knn, knn_graph
 from .window import TemporalGroups, Window, window_offsets
@@ -11,7 +19,13 @@ __all__ = [
     "RegularGraph",
     "TemporalGroups",
     "Window",
+    "data_to_feature_map",
+    "feature_map_to_data",
+    "from_edge_index",
+    "full_edge_index",
+    "grid_positions",
     "knn",
     "knn_graph",
+    "to_edge_index",
     "window_offsets",
 ]
