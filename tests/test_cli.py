@@ -122,3 +122,54 @@ def test_naive_baseline_matches_the_block(cls, shape, mode):
         for chunk in (None, 4):
             got = naive_from_block(block, query_chunk=chunk)(x)
             torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
+
+
+GRAPHS_BENCH = ROOT / "benchmarks" / "graphs.py"
+
+
+def test_demo_prints_the_sparse_section(capsys):
+    assert cli.main(["demo", "--size", "12", "--quick"]) == 0
+    out = capsys.readouterr().out
+    assert "sparse graphs:" in out
+    lines = out.splitlines()
+    for label, kind in (("full", "exact"), ("KNN(144)", "exact"), ("KNN(16)", "approximation"),
+                        ("Window(2)", "approximation")):  # fmt: skip
+        row = next(line for line in lines if line.startswith(label + " "))
+        cells = [c.strip() for c in row.split("|")]
+        assert len(cells) == 5 and cells[1] == kind, row
+        if kind == "exact":
+            assert float(cells[2]) <= cli.DEMO_ATOL, row
+    assert "exact graphs within 0.001" in out
+
+
+def test_demo_sparse_small_map_knn16_is_exact(capsys):
+    """With N = 16 keys, KNN(16) keeps every key and must reproduce the dense output."""
+    assert cli.demo_sparse(4, 8, warmup=0, repeat=1, seed=0)
+    row = next(r for r in capsys.readouterr().out.splitlines() if r.startswith("KNN(16) "))
+    assert [c.strip() for c in row.split("|")][1] == "exact", row
+
+
+@pytest.mark.skipif(not GRAPHS_BENCH.is_file(), reason="needs the source checkout's benchmarks/")
+def test_graphs_benchmark_quick_writes_results(tmp_path):
+    out = tmp_path / "graphs.md"
+    proc = subprocess.run(
+        [sys.executable, str(GRAPHS_BENCH), "--quick", "--out", str(out)],
+        cwd=ROOT, env={**ENV, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    text = out.read_text()
+    for heading in ("## Machine", "## Training step (forward + backward, train)",
+                    "## Inference (forward, no_grad, eval)", "## NonLocalConv vs TransformerConv",
+                    "## k-NN graph builder vs cdist + topk", "## Targets", "## Command"):  # fmt: skip
+        assert heading in text
+    graph_cells = [
+        cells[2].strip()
+        for line in text.splitlines()
+        if len(cells := line.split("|")) == 8 and cells[1].strip() == "1024"
+    ]
+    for method in ("dense", "KNN(16)", "KNN(16) reused", "Window(2)"):
+        assert graph_cells.count(method) == 2, method  # one row per pass at N=1024
+    assert "| 1024 | nlgraph (torch)" in text and (tmp_path / "knn.md").is_file()
+    assert "NOT MEASURED: KNN(16) training step at N=16384" in text  # needs the full run
+    assert "NonLocalConv" in text and "--quick" in text

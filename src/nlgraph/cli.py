@@ -2,7 +2,8 @@
 
 - ``info``: versions, CPU threads, optional packages and the allocator settings.
 - ``demo``: the four modes of a 2-D block on a random map, each checked against a float64
-  reference and compared with the naive bmm+softmax block (time and peak memory).
+  reference and compared with the naive bmm+softmax block (time and peak memory); then the
+  same map through the full, k-NN and window graphs (error vs the dense output, time, memory).
 - ``bench``: runs ``benchmarks/dense.py`` from a source checkout (extra flags are passed on).
 """
 
@@ -24,6 +25,7 @@ import torch
 from . import __version__
 from ._measure import format_bytes, format_seconds, median_time, peak_memory
 from ._naive import concat_tensor_bytes, naive_from_block
+from .graphs import KNN, Window
 from .nn import NonLocalBlock2d
 from .pairwise import MODES
 
@@ -175,9 +177,61 @@ def demo(size: int = 64, channels: int = 64, quick: bool = False, seed: int = 0)
         print(f"note: {note}")
     if failed:
         print(f"FAILED: error above {DEMO_ATOL:g} for {', '.join(failed)}")
-        return 1
-    print(f"all four modes within {DEMO_ATOL:g} of the float64 reference")
-    return 0
+    else:
+        print(f"all four modes within {DEMO_ATOL:g} of the float64 reference")
+    print()
+    sparse_ok = demo_sparse(size, channels, warmup, repeat, seed)
+    return 0 if not failed and sparse_ok else 1
+
+
+def demo_sparse(size: int, channels: int, warmup: int, repeat: int, seed: int) -> bool:
+    r"""The demo's sparse section: one map through the full, k-NN and window graphs.
+
+    The embedded-Gaussian block (same weights for every graph) runs on the same random map with
+    ``graph="full"``, ``KNN(N')`` (k >= N' is the full graph: must match the dense output within
+    :data:`DEMO_ATOL`), ``KNN(16)`` and ``Window(2)``. The last two restrict the softmax to 16
+    or 25 keys per query, so their error against the dense output is the approximation itself,
+    printed as measured and not checked.
+
+    Returns:
+        bool: whether the exact graphs (full, KNN(N')) are within :data:`DEMO_ATOL`.
+    """
+    inter, n = max(channels // 2, 1), size * size
+    torch.manual_seed(seed)
+    dense = NonLocalBlock2d(channels, inter, sub_sample=False, zero_init=False).eval()
+    x = torch.randn(1, channels, size, size)
+    graphs: list[tuple[str, object, bool]] = [
+        ("full", "full", True), (f"KNN({n}) (k >= N')", KNN(n), True),
+        ("KNN(16)", KNN(16), n <= 16), ("Window(2)", Window(2), size <= 3),
+    ]  # fmt: skip
+    print(
+        "sparse graphs: the same map, embedded Gaussian, same weights, forward; "
+        "error = max |z - z_dense| (float32)"
+    )
+    with torch.no_grad():
+        expected = dense(x)
+    rows, failed = [], []
+    for label, spec, exact in graphs:
+        block = NonLocalBlock2d(channels, inter, sub_sample=False, zero_init=False, graph=spec)
+        block.load_state_dict(dense.state_dict())
+        block.eval()
+        with torch.no_grad():
+            error = (block(x) - expected).abs().max().item()
+        seconds, peak = _measure_forward(block, x, warmup, repeat)
+        kind = "exact" if exact else "approximation"
+        rows.append([label, kind, f"{error:.2e}", format_seconds(seconds), format_bytes(peak)])
+        if exact and not (math.isfinite(error) and error <= DEMO_ATOL):
+            failed.append(label)
+    print(_table(["graph", "kind", "max abs error", "time", "peak memory"], rows))
+    if failed:
+        print(f"FAILED: sparse graphs that must be exact are off by more than {DEMO_ATOL:g}: "
+              f"{', '.join(failed)}")  # fmt: skip
+        return False
+    print(
+        f"exact graphs within {DEMO_ATOL:g} of the dense output; KNN(16) and Window(2) keep 16 "
+        "and at most 25 keys per query: their error is the approximation of the full softmax"
+    )
+    return True
 
 
 def _bench_script() -> Path:

@@ -28,26 +28,38 @@ from .base import Kernel
 __all__ = ["COOKernel", "coo_edge_weights"]
 
 
+def _flat_edges(graph: COOGraph, batch: int, num_keys: int) -> tuple[Tensor, Tensor]:
+    """Source and target rows of every edge of every sample, into tensors flattened to
+    (B·N', ·) and (B·N, ·): gathers and scatters then run along dim 0 (their fast path)."""
+    src, dst = graph.edge_index
+    if batch == 1:
+        return src, dst
+    offsets = torch.arange(batch, device=src.device).unsqueeze(1)
+    return (src + offsets * num_keys).reshape(-1), (dst + offsets * graph.num_queries).reshape(-1)
+
+
 def coo_edge_weights(pw: Pairwise, q: Tensor, k: Tensor, graph: COOGraph) -> Tensor:
     """(B, E) normalised weights of every edge of ``graph``."""
-    src, dst = graph.edge_index
-    b, n = q.shape[0], graph.num_queries
+    b, n, m = q.shape[0], graph.num_queries, graph.num_keys
+    src, dst = _flat_edges(graph, b, m)
     if pw.mode == "concatenation":
         a, bk = pw.concat_terms(q, k)
-        s = torch.relu(a.index_select(1, dst) + bk.index_select(1, src))
+        s = torch.relu(a.reshape(-1).index_select(0, dst) + bk.reshape(-1).index_select(0, src))
     else:
-        s = (q.index_select(1, dst) * k.index_select(1, src)).sum(-1)
+        qf, kf = q.reshape(b * n, -1), k.reshape(b * m, -1)
+        s = (qf.index_select(0, dst) * kf.index_select(0, src)).sum(-1)
     if not pw.is_softmax:
-        deg = torch.bincount(dst, minlength=n).clamp_min(1).to(s.dtype)
-        return s / deg.index_select(0, dst)
+        deg = torch.bincount(graph.edge_index[1], minlength=n).clamp_min(1).to(s.dtype)
+        return s.view(b, -1) / deg.index_select(0, graph.edge_index[1])
     if pw.scale != 1.0:
         s = s * pw.scale
-    top = torch.full((b, n), float("-inf"), dtype=s.dtype, device=s.device)
-    top = top.scatter_reduce(1, dst.expand(b, -1), s.detach(), "amax")
+    top = torch.full((b * n,), float("-inf"), dtype=s.dtype, device=s.device)
+    top = top.scatter_reduce(0, dst, s.detach(), "amax")
     top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
-    e = torch.exp(s - top.index_select(1, dst))
-    den = e.new_zeros(b, n).index_add(1, dst, e)
-    return e / den.index_select(1, dst).clamp_min(torch.finfo(e.dtype).tiny)
+    e = torch.exp(s - top.index_select(0, dst))
+    den = e.new_zeros(b * n).index_add(0, dst, e)
+    w = e / den.index_select(0, dst).clamp_min(torch.finfo(e.dtype).tiny)
+    return w.view(b, -1)
 
 
 class COOKernel(Kernel):
@@ -70,10 +82,12 @@ class COOKernel(Kernel):
     @classmethod
     def apply(cls, inp: AggregateInputs) -> tuple[Tensor, Attention | None]:
         graph = inp.coo_graph()
-        src, dst = graph.edge_index
         v = inp.value
+        b, m, cv = v.shape
+        src, dst = _flat_edges(graph, b, m)
         w = coo_edge_weights(inp.pairwise, inp.query, inp.key, graph)
-        msg = w.unsqueeze(-1) * v.index_select(1, src)
-        y = v.new_zeros(v.shape[0], graph.num_queries, v.shape[-1]).index_add(1, dst, msg)
+        msg = w.reshape(-1, 1) * v.reshape(b * m, cv).index_select(0, src)
+        y = v.new_zeros(b * graph.num_queries, cv).index_add(0, dst, msg)
+        y = y.view(b, graph.num_queries, cv)
         attn = Attention.from_coo(w, graph) if inp.return_attention else None
         return y, attn
