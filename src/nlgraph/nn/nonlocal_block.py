@@ -260,9 +260,7 @@ class _NonLocalBlockNd(nn.Module):
 
     def num_keys(self, spatial: tuple[int, ...]) -> int:
         """N', the number of key positions for a map of spatial size ``spatial``."""
-        if not self.sub_sample:
-            return math.prod(spatial)
-        return math.prod(s // p for s, p in zip(spatial, self.pool_size))
+        return math.prod(self._key_shape(spatial))
 
     def _check_input(self, x: Any) -> None:
         check_float_tensor("x", x)
