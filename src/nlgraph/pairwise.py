@@ -32,7 +32,7 @@ from torch import Tensor
 
 from ._validate import check_choice
 
-__all__ = ["MODES", "SOFTMAX_MODES", "Pairwise", "resolve_scale"]
+__all__ = ["MODES", "SOFTMAX_MODES", "Pairwise", "check_scale_mode", "resolve_scale"]
 
 #: The four pairwise functions, in the paper's order.
 MODES: tuple[str, ...] = ("gaussian", "embedded_gaussian", "dot_product", "concatenation")
@@ -66,6 +66,16 @@ def resolve_scale(scale: str | float | None, in_channels: int, inter_channels: i
     if not math.isfinite(scale) or scale <= 0:
         raise ValueError(f"scale: expected a positive finite float, got {scale!r}")
     return float(scale)
+
+
+def check_scale_mode(scale: str | float | None, mode: str) -> None:
+    """``ValueError`` unless ``scale`` is None or ``mode`` is ``"embedded_gaussian"``: a
+    temperature only multiplies the embedded-Gaussian logits (as in every reference)."""
+    if scale is not None and mode != "embedded_gaussian":
+        raise ValueError(
+            f"scale: expected None for mode {mode!r} (a temperature only multiplies the "
+            f"embedded-Gaussian logits), got {scale!r}"
+        )
 
 
 @dataclass(frozen=True, eq=False)

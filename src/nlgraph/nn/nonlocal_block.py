@@ -18,7 +18,7 @@ from ..graphs.feature_knn import KNN
 from ..graphs.window import TemporalGroups, Window
 from ..ops import nonlocal_aggregate
 from ..ops.dispatch import KERNELS
-from ..pairwise import MODES, Pairwise, resolve_scale
+from ..pairwise import MODES, Pairwise, check_scale_mode, resolve_scale
 
 __all__ = ["NonLocalBlock1d", "NonLocalBlock2d", "NonLocalBlock3d"]
 
@@ -149,11 +149,7 @@ class _NonLocalBlockNd(nn.Module):
         check_choice("backend", backend, ("auto", *KERNELS))
         if not (isinstance(norm_eps, (int, float)) and norm_eps > 0):
             raise ValueError(f"norm_eps: expected a positive float, got {norm_eps!r}")
-        if scale is not None and mode != "embedded_gaussian":
-            raise ValueError(
-                f"scale: expected None for mode {mode!r} (a temperature only multiplies the "
-                f"embedded-Gaussian logits), got {scale!r}"
-            )
+        check_scale_mode(scale, mode)
         self.in_channels = in_channels
         self.inter_channels = inter_channels
         self.mode = mode

@@ -13,7 +13,7 @@ from typing_extensions import Self
 from .._validate import check_choice, check_float_tensor, check_positive_int, describe
 from ..graphs.base import COOGraph
 from ..ops import nonlocal_aggregate
-from ..pairwise import MODES, Pairwise, resolve_scale
+from ..pairwise import MODES, Pairwise, check_scale_mode, resolve_scale
 
 __all__ = ["NonLocalConv"]
 
@@ -109,11 +109,7 @@ class NonLocalConv(MessagePassing):
         check_positive_int("inter_channels", inter_channels)
         check_choice("mode", mode, MODES)
         check_choice("norm", norm, NORMS)
-        if scale is not None and mode != "embedded_gaussian":
-            raise ValueError(
-                f"scale: expected None for mode {mode!r} (a temperature only multiplies the "
-                f"embedded-Gaussian logits), got {scale!r}"
-            )
+        check_scale_mode(scale, mode)
         self.in_channels = in_channels
         self.inter_channels = inter_channels
         self.mode = mode
