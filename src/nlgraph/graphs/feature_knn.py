@@ -23,7 +23,7 @@ from torch import Tensor
 from .._validate import check_choice, check_positive_int
 from .base import RegularGraph
 
-__all__ = ["KNN", "topk_lowest_index"]
+__all__ = ["KNN", "topk_grouped", "topk_lowest_index"]
 
 METRICS: tuple[str, ...] = ("logit", "l2", "cosine")
 
@@ -46,6 +46,39 @@ def topk_lowest_index(scores: Tensor, k: int) -> Tensor:
         rows = scores[redo]
         index[redo] = torch.sort(rows, dim=-1, descending=True, stable=True).indices[..., :k]
     return torch.sort(index, dim=-1).values
+
+
+#: Columns per group of :func:`topk_grouped`.
+GROUP = 128
+
+
+def topk_grouped(scores: Tensor, k: int, group: int = GROUP) -> Tensor:
+    """Same result as :func:`topk_lowest_index`, faster on long rows (exact).
+
+    Each row is cut into groups of ``group`` columns. The k groups with the largest maxima hold
+    every one of the row's k largest entries (a group outside them has at least k larger group
+    maxima, i.e. k distinct larger entries), so the top-k is taken among those k·group
+    candidates only. Where the (k+1)-th group maximum reaches the k-th value found, an entry
+    outside the candidates could tie with it: those rows (ties only) are redone exactly.
+    """
+    rows, m = scores.shape[:-1], scores.shape[-1]
+    n_groups = -(-m // group)
+    if n_groups <= k + 1:
+        return topk_lowest_index(scores, k)
+    flat = scores.reshape(-1, m)
+    if n_groups * group != m:
+        flat = torch.nn.functional.pad(flat, (0, n_groups * group - m), value=float("-inf"))
+    grouped = flat.view(flat.shape[0], n_groups, group)
+    gmax, gidx = torch.topk(grouped.amax(-1), k + 1, dim=-1)
+    chosen = torch.sort(gidx[:, :k], dim=-1).values  # ascending: candidates keep index order
+    cand = torch.gather(grouped, 1, chosen.unsqueeze(-1).expand(-1, -1, group)).flatten(1)
+    pos = topk_lowest_index(cand, k)  # (R, k) positions among the candidates, ascending
+    index = chosen.gather(1, pos // group) * group + pos % group
+    kth = cand.gather(1, pos).amin(-1)
+    redo = (gmax[:, k] >= kth).nonzero(as_tuple=True)[0]
+    if redo.numel():
+        index[redo] = topk_lowest_index(flat[redo, :m], k)
+    return index.view(*rows, k)
 
 
 @dataclass(frozen=True)
@@ -120,7 +153,7 @@ class KNN:
             scores = torch.bmm(q[:, start:stop], key_t)
             if sq is not None:  # -(|k|^2 - 2 q.k): larger is nearer (|q|^2 is constant per row)
                 scores = 2 * scores - sq
-            index[:, start:stop] = topk_lowest_index(scores, self.k)
+            index[:, start:stop] = topk_grouped(scores, self.k)
         return RegularGraph(index, m)
 
     def __repr__(self) -> str:
