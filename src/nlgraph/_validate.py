@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "check_channels_dtype_device",
     "check_choice",
     "check_float_tensor",
     "check_positive_int",
@@ -52,3 +53,22 @@ def check_float_tensor(name: str, t: Any) -> Tensor:
             f"got dtype {t.dtype}"
         )
     return t
+
+
+def check_channels_dtype_device(
+    name: str, t: Tensor, channels: int, weight: Tensor, owner: str
+) -> None:
+    """Check that ``t`` has ``channels`` channels in dim 1 and the dtype (unless autocast is on)
+    and device of ``weight``, the parameters of ``owner`` (e.g. ``"the block's"``)."""
+    if t.shape[1] != channels:
+        raise ValueError(
+            f"{name}: expected {channels} channels (dim 1), got {t.shape[1]} in {describe(t)}"
+        )
+    if t.dtype != weight.dtype and not torch.is_autocast_enabled(t.device.type):
+        raise TypeError(
+            f"{name}: expected dtype {weight.dtype} ({owner} parameters), got {t.dtype}"
+        )
+    if t.device != weight.device:
+        raise ValueError(
+            f"{name}: expected device {weight.device} ({owner} parameters), got {t.device}"
+        )

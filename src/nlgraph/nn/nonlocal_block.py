@@ -11,7 +11,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from typing_extensions import Self
 
-from .._validate import check_choice, check_float_tensor, check_positive_int, describe
+from .._validate import (
+    check_channels_dtype_device,
+    check_choice,
+    check_float_tensor,
+    check_positive_int,
+    describe,
+)
 from ..attention import Attention
 from ..graphs.base import COOGraph, RegularGraph
 from ..graphs.feature_knn import KNN
@@ -264,20 +270,7 @@ class _NonLocalBlockNd(nn.Module):
             raise ValueError(
                 f"x: expected a {self.dims + 2}-D tensor {_SHAPE[self.dims]}, got {describe(x)}"
             )
-        if x.shape[1] != self.in_channels:
-            raise ValueError(
-                f"x: expected {self.in_channels} channels (dim 1), got {x.shape[1]} "
-                f"in {describe(x)}"
-            )
-        weight = self.g.weight
-        if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
-            raise TypeError(
-                f"x: expected dtype {weight.dtype} (the block's parameters), got {x.dtype}"
-            )
-        if x.device != weight.device:
-            raise ValueError(
-                f"x: expected device {weight.device} (the block's parameters), got {x.device}"
-            )
+        check_channels_dtype_device("x", x, self.in_channels, self.g.weight, "the block's")
         spatial = tuple(x.shape[2:])
         if self.num_keys(spatial) < 1:
             raise ValueError(

@@ -10,7 +10,13 @@ from torch import Tensor, nn
 from torch_geometric.nn import MessagePassing
 from typing_extensions import Self
 
-from .._validate import check_choice, check_float_tensor, check_positive_int, describe
+from .._validate import (
+    check_channels_dtype_device,
+    check_choice,
+    check_float_tensor,
+    check_positive_int,
+    describe,
+)
 from ..graphs.base import COOGraph
 from ..ops import nonlocal_aggregate
 from ..pairwise import MODES, Pairwise, check_scale_mode, resolve_scale
@@ -157,20 +163,7 @@ class NonLocalConv(MessagePassing):
             check_float_tensor(name, t)
             if t.dim() != 2:
                 raise ValueError(f"{name}: expected a 2-D tensor (N, C), got {describe(t)}")
-            if t.shape[1] != self.in_channels:
-                raise ValueError(
-                    f"{name}: expected {self.in_channels} channels (dim 1), got {t.shape[1]} "
-                    f"in {describe(t)}"
-                )
-            if t.dtype != weight.dtype and not torch.is_autocast_enabled(t.device.type):
-                raise TypeError(
-                    f"{name}: expected dtype {weight.dtype} (the layer's parameters), got {t.dtype}"
-                )
-            if t.device != weight.device:
-                raise ValueError(
-                    f"{name}: expected device {weight.device} (the layer's parameters), "
-                    f"got {t.device}"
-                )
+            check_channels_dtype_device(name, t, self.in_channels, weight, "the layer's")
         return pair[0], pair[1]
 
     @staticmethod
