@@ -10,6 +10,7 @@ from nlgraph.ops import (
     KERNELS,
     AggregateInputs,
     COOKernel,
+    CSRKernel,
     DenseKernel,
     RegularKernel,
     select_kernel,
@@ -163,7 +164,12 @@ def _inputs(graph: str = "full", mode: str = "embedded_gaussian") -> AggregateIn
 
 
 def test_kernel_registry() -> None:
-    assert KERNELS == {"dense": DenseKernel, "regular": RegularKernel, "coo": COOKernel}
+    assert KERNELS == {
+        "dense": DenseKernel,
+        "regular": RegularKernel,
+        "coo": COOKernel,
+        "csr": CSRKernel,
+    }
 
 
 def test_auto_picks_dense() -> None:
@@ -183,7 +189,7 @@ def test_backend_dense_equals_auto(mode) -> None:
 def test_unknown_backend(backend) -> None:
     q, k, v, pw, _ = make_case("dot_product", (1, 4, 3, 2, 2))
     with pytest.raises(
-        ValueError, match=r"^backend: expected one of 'auto', 'dense', 'regular', 'coo', got"
+        ValueError, match=r"^backend: expected one of 'auto', 'dense', 'regular', 'coo', 'csr', got"
     ):
         nonlocal_aggregate(q, k, v, pw, backend=backend)
 

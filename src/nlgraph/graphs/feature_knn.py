@@ -48,6 +48,11 @@ def topk_lowest_index(scores: Tensor, k: int) -> Tensor:
     return torch.sort(index, dim=-1).values
 
 
+#: Elements of the (B, block, N') score buffer when ``block_size=None`` (8 MiB in float32).
+#: Small enough to stay in cache between the matmul that writes it and the top-k that reads it:
+#: at N'=16384, C'=32, 128-row blocks score 1.9x faster than 256-row (16 MiB) ones here.
+AUTO_BLOCK_ELEMENTS = 1 << 21
+
 #: Columns per group of :func:`topk_grouped`.
 GROUP = 128
 
@@ -68,10 +73,15 @@ def topk_grouped(scores: Tensor, k: int, group: int = GROUP) -> Tensor:
     flat = scores.reshape(-1, m)
     if n_groups * group != m:
         flat = torch.nn.functional.pad(flat, (0, n_groups * group - m), value=float("-inf"))
-    grouped = flat.view(flat.shape[0], n_groups, group)
-    gmax, gidx = torch.topk(grouped.amax(-1), k + 1, dim=-1)
+    flat = flat.contiguous()
+    n_rows = flat.shape[0]
+    grouped = flat.view(n_rows * n_groups, group)
+    gmax, gidx = torch.topk(grouped.amax(-1).view(n_rows, n_groups), k + 1, dim=-1)
     chosen = torch.sort(gidx[:, :k], dim=-1).values  # ascending: candidates keep index order
-    cand = torch.gather(grouped, 1, chosen.unsqueeze(-1).expand(-1, -1, group)).flatten(1)
+    # Whole groups are copied as rows of the (rows · groups, group) view: a contiguous
+    # index_select, several times faster than an element-wise gather.
+    offset = torch.arange(n_rows, device=scores.device).unsqueeze(1) * n_groups
+    cand = grouped.index_select(0, (chosen + offset).flatten()).view(n_rows, k * group)
     pos = topk_lowest_index(cand, k)  # (R, k) positions among the candidates, ascending
     index = chosen.gather(1, pos // group) * group + pos % group
     kth = cand.gather(1, pos).amin(-1)
@@ -90,8 +100,8 @@ class KNN:
         metric (str): ``"logit"``, ``"l2"`` or ``"cosine"`` (see the module docstring).
             (default: ``"logit"``)
         block_size (int, optional): queries scored at once (memory O(B · block_size · N')).
-            ``None`` picks min(1024, max(16, 2**22 // (B · N'))) rows: a score buffer of about
-            16 MiB in float32. (default: ``None``)
+            ``None`` picks min(1024, max(16, 2**21 // (B · N'))) rows: a score buffer of about
+            8 MiB in float32. (default: ``None``)
         reuse (bool): keep the first graph built and return it from every later :meth:`build`
             with the same (B, N, N') and device, so that several blocks or heads holding this
             spec share one graph (built from the embeddings of the first caller). The graph is
@@ -144,15 +154,21 @@ class KNN:
         if self.metric == "cosine":
             q = torch.nn.functional.normalize(q, dim=-1)
             kk = torch.nn.functional.normalize(kk, dim=-1)
+        # Row-major (B, N, C) queries and keys: bmm on their blocks is ~2.4x faster than on the
+        # (B, C, N)-transposed views the blocks produce (measured at N=16384, C=32).
+        q, kk = q.contiguous(), kk.contiguous()
         key_t = kk.transpose(1, 2)
         sq = (kk * kk).sum(-1).unsqueeze(1) if self.metric == "l2" else None
         index = torch.empty(b, n, self.k, dtype=torch.long, device=query.device)
-        block = self.block_size or min(1024, max(16, (1 << 22) // (b * m)))
+        block = self.block_size or min(1024, max(16, AUTO_BLOCK_ELEMENTS // (b * m)))
+        buffer = torch.empty(b, min(block, n), m, dtype=q.dtype, device=q.device)
         for start in range(0, n, block):
             stop = min(start + block, n)
-            scores = torch.bmm(q[:, start:stop], key_t)
-            if sq is not None:  # -(|k|^2 - 2 q.k): larger is nearer (|q|^2 is constant per row)
-                scores = 2 * scores - sq
+            scores = buffer[:, : stop - start]
+            if sq is None:
+                torch.bmm(q[:, start:stop], key_t, out=scores)
+            else:  # -(|k|^2 - 2 q.k): larger is nearer (|q|^2 is constant per row)
+                torch.baddbmm(sq, q[:, start:stop], key_t, beta=-1, alpha=2, out=scores)
             index[:, start:stop] = topk_grouped(scores, self.k)
         return RegularGraph(index, m)
 

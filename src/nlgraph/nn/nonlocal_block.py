@@ -96,7 +96,7 @@ class _NonLocalBlockNd(nn.Module):
             for the Gaussians, division by |N(i)| otherwise; a query without neighbours gets
             y_i = 0. (default: ``"full"``)
         backend (str): kernel for :func:`nlgraph.ops.nonlocal_aggregate`: ``"auto"``,
-            ``"dense"``, ``"regular"`` or ``"coo"``. (default: ``"auto"``)
+            ``"dense"``, ``"regular"``, ``"coo"`` or ``"csr"``. (default: ``"auto"``)
         device, dtype: forwarded to every parameter.
 
     Shapes:

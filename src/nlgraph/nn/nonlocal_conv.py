@@ -54,8 +54,9 @@ class NonLocalConv(MessagePassing):
     :math:`W_z = I`, :math:`y` is ``TransformerConv(C, C', heads=1, root_weight=False)``
     with ``lin_query, lin_key, lin_value`` = θ, φ, g.
 
-    The aggregation runs through :func:`nlgraph.ops.nonlocal_aggregate` (``"coo"`` kernel,
-    the node features as a batch of one): :meth:`propagate` is bypassed, so
+    The aggregation runs through :func:`nlgraph.ops.nonlocal_aggregate` on the ``edge_index``
+    (the ``"csr"`` sparse-matrix kernel in float32/float64, ``"coo"`` otherwise; the node
+    features as a batch of one): :meth:`propagate` is bypassed, so
     ``message``/``aggregate`` hooks and PyG's explainer do not see this layer's messages.
 
     Args:
@@ -241,17 +242,9 @@ class NonLocalConv(MessagePassing):
             alpha = value.new_zeros(0)
         else:
             want_alpha = bool(return_attention_weights)
-            backend, agg_graph = "coo", graph
-            if not want_alpha and ei.shape[1]:
-                # Near-regular in-degrees (k-NN graphs, meshes): the padded ELL layout and the
-                # regular kernel beat per-edge scatter (~2x in forward+backward). The weights
-                # are only asked for in edge order, which the coo kernel keeps.
-                regular = graph.to_regular()
-                if regular.k * n_dst <= 2 * ei.shape[1]:
-                    backend, agg_graph = "regular", regular
             out_ = nonlocal_aggregate(
                 query.unsqueeze(0), key.unsqueeze(0), value.unsqueeze(0), self.pairwise(),
-                graph=agg_graph, backend=backend, return_attention=want_alpha,
+                graph=graph, return_attention=want_alpha,
             )  # fmt: skip
             if want_alpha:
                 y, alpha = out_[0].squeeze(0), out_[1].edges(0)[1]

@@ -5,6 +5,7 @@ from .dispatch import KERNELS, select_kernel
 from .inputs import AggregateInputs
 from .kernels.base import Kernel
 from .kernels.coo import COOKernel
+from .kernels.csr import CSRKernel
 from .kernels.dense import DenseKernel
 from .kernels.regular import RegularKernel
 
@@ -12,6 +13,7 @@ __all__ = [
     "KERNELS",
     "AggregateInputs",
     "COOKernel",
+    "CSRKernel",
     "DenseKernel",
     "Kernel",
     "RegularKernel",

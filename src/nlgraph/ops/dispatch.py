@@ -13,6 +13,7 @@ from __future__ import annotations
 from .inputs import AggregateInputs
 from .kernels.base import Kernel
 from .kernels.coo import COOKernel
+from .kernels.csr import CSRKernel
 from .kernels.dense import DenseKernel
 from .kernels.regular import RegularKernel
 
@@ -23,6 +24,7 @@ KERNELS: dict[str, type[Kernel]] = {
     DenseKernel.NAME: DenseKernel,
     RegularKernel.NAME: RegularKernel,
     COOKernel.NAME: COOKernel,
+    CSRKernel.NAME: CSRKernel,
 }
 
 
@@ -37,9 +39,9 @@ def priority_list(inp: AggregateInputs) -> list[type[Kernel]]:
     if kind == "full":
         return [DenseKernel]
     if kind == "regular":
-        return [RegularKernel, COOKernel]
+        return [CSRKernel, RegularKernel, COOKernel]
     if kind == "coo":
-        return [COOKernel]
+        return [CSRKernel, COOKernel]
     return list(KERNELS.values())  # unknown kind: every kernel reports why not
 
 

@@ -2,7 +2,8 @@
 
 from .base import Kernel
 from .coo import COOKernel
+from .csr import CSRKernel
 from .dense import DenseKernel
 from .regular import RegularKernel
 
-__all__ = ["COOKernel", "DenseKernel", "Kernel", "RegularKernel"]
+__all__ = ["COOKernel", "CSRKernel", "DenseKernel", "Kernel", "RegularKernel"]
