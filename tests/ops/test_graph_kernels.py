@@ -238,3 +238,35 @@ def test_training_memory_is_bounded(backend: str, fraction: float) -> None:
 
     gathered = b * n * kk * c * 4  # one (B, N, k, C) float32 tensor: 128 MiB
     assert memory_stats(step).peak_bytes < gathered * fraction
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_coo_segment_backends_agree(mode: str, monkeypatch) -> None:
+    """torch-scatter (when installed) and plain PyTorch give the same numbers and gradients."""
+    from nlgraph.ops.kernels import _scatter
+
+    n, m = 12, 9
+    q, k, v = _qkv(2, n, m, 4, 3, grad=True)
+    pw, kw = _pairwise(mode, 4)
+    mask = torch.rand(n, m) > 0.5
+    target, source = mask.nonzero().t()
+    graph = COOGraph(torch.stack([source, target]), n, m)
+    results = {}
+    for name in ("torch", "auto"):
+        monkeypatch.setattr(_scatter, "BACKEND", name)
+        y = nonlocal_aggregate(q, k, v, pw, graph=graph, backend="coo")
+        results[_scatter.backend()] = (y, *torch.autograd.grad(y.sum(), (q, k, v)))
+    y_ref, _ = reference_aggregate(q, k, v, mode, mask=mask, **kw)
+    for got in results.values():
+        torch.testing.assert_close(got[0], y_ref, atol=1e-10, rtol=1e-10)
+        for a, b in zip(got, results["torch"]):
+            torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
+
+
+def test_torch_scatter_backend_reports_missing(monkeypatch) -> None:
+    from nlgraph.ops.kernels import _scatter
+
+    monkeypatch.setattr(_scatter, "BACKEND", "torch_scatter")
+    monkeypatch.setattr(_scatter, "_torch_scatter", lambda: None)
+    with pytest.raises(ImportError, match="torch_scatter does not import"):
+        _scatter.backend()

@@ -71,9 +71,12 @@ def nonlocal_aggregate(
             :class:`~nlgraph.graphs.RegularGraph` (up to k keys per query, padded) or a
             :class:`~nlgraph.graphs.COOGraph` (any ``edge_index``, shared by the batch). Index
             ranges are checked here (this reads the index values). (default: ``"full"``)
-        backend (str): ``"auto"`` or a kernel NAME (``"dense"``, ``"regular"``, ``"coo"``).
-            ``"auto"`` takes the dense kernel for the full graph, ``"regular"`` for a
-            RegularGraph and ``"coo"`` for a COOGraph. (default: ``"auto"``)
+        backend (str): ``"auto"`` or a kernel NAME (``"dense"``, ``"regular"``, ``"coo"``,
+            ``"csr"``). ``"auto"`` takes the dense kernel for the full graph and the ``"csr"``
+            sparse-matrix kernel for a RegularGraph or COOGraph in float32/float64 (the fastest
+            sparse kernel at every size measured, ``benchmarks/results/kernels.md``); in half
+            precision or under ``torch.compile`` a RegularGraph goes to ``"regular"`` and a
+            COOGraph to ``"coo"``. (default: ``"auto"``)
         return_attention (bool): also return the weights as an
             :class:`nlgraph.attention.Attention` (on the full graph this builds the (B, N, N')
             matrix).

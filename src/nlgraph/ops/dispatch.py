@@ -2,10 +2,13 @@
 
 ``backend="auto"`` walks a priority list and takes the first kernel with no
 ``not_supported_reasons``; it reads shapes, dtypes, devices and the graph kind only, never
-tensor values (no host synchronisation, safe under ``torch.compile``). In this release the full
-graph runs on ``dense``, a RegularGraph on ``regular`` and a COOGraph on ``coo``; any kernel can be
-named explicitly when it supports the graph (e.g. the full graph through ``regular`` or ``coo``,
-which is how the kernels are checked against each other).
+tensor values (no host synchronisation, safe under ``torch.compile``). The full graph runs on
+``dense``; a RegularGraph or COOGraph on ``csr`` (sparse-matrix products: 2-4x faster than the
+ELL gather of ``regular`` from N=4096 on, and never slower from N=256, see
+``benchmarks/results/kernels.md``) in float32/float64 outside ``torch.compile``, else on
+``regular`` (RegularGraph) or ``coo`` (COOGraph). Any kernel can be named explicitly when it
+supports the graph (e.g. the full graph through ``regular``, ``coo`` or ``csr``, which is how
+the kernels are checked against each other).
 """
 
 from __future__ import annotations
@@ -29,11 +32,11 @@ KERNELS: dict[str, type[Kernel]] = {
 
 
 def priority_list(inp: AggregateInputs) -> list[type[Kernel]]:
-    """Kernels to try for ``inp``, best first: each graph kind has its own kernel.
+    """Kernels to try for ``inp``, best first, by graph kind.
 
     The full graph always goes to ``dense`` (its fast paths beat gathering N' keys per query);
-    a RegularGraph to ``regular`` (the ELL gather is about 2x faster than scatter, see
-    ``docs/performance.md``); a COOGraph to ``coo``.
+    sparse graphs to ``csr`` first, then ``regular`` (RegularGraph) or ``coo`` (COOGraph), which
+    take the inputs ``csr`` declines (half precision, ``torch.compile`` tracing).
     """
     kind = inp.graph_kind
     if kind == "full":

