@@ -39,11 +39,11 @@ def test_grouped_ties_across_groups():
 @pytest.mark.parametrize("m", [2500, 2560])  # padded last group, and an exact multiple of 128
 @pytest.mark.parametrize("small_blocks", [False, True])
 def test_knn_build_blocks_are_exact(metric, m, small_blocks, monkeypatch):
-    """The blocked build (several matmul blocks per top-k call, group maxima taken per block)
+    """The blocked build (many blocks, a partial last one, padded groups)
     equals a brute-force stable argsort; integer features make the scores exact and tied."""
     from nlgraph.graphs import KNN, feature_knn
 
-    if small_blocks:  # 2**14 elements: 6 or 7 rows per matmul, 4x that per top-k call
+    if small_blocks:  # 2**14 elements: 6 or 7 query rows per block
         monkeypatch.setattr(feature_knn, "AUTO_BLOCK_ELEMENTS", 1 << 14)
     gen = torch.Generator().manual_seed(m)
     q = torch.randint(-2, 3, (2, 301, 4), generator=gen).float()

@@ -57,9 +57,7 @@ AUTO_BLOCK_ELEMENTS = 1 << 21
 GROUP = 128
 
 
-def topk_grouped(
-    scores: Tensor, k: int, group: int = GROUP, group_max: Tensor | None = None
-) -> Tensor:
+def topk_grouped(scores: Tensor, k: int, group: int = GROUP) -> Tensor:
     """Same result as :func:`topk_lowest_index`, faster on long rows (exact).
 
     Each row is cut into groups of ``group`` columns. The k groups with the largest maxima hold
@@ -72,8 +70,6 @@ def topk_grouped(
         scores (Tensor): (..., M) rows.
         k (int): entries per row.
         group (int): columns per group.
-        group_max (Tensor, optional): the maxima of the groups, (rows · ceil(M / group),), when
-            the caller already has them (computed while the scores were still in cache).
     """
     rows, m = scores.shape[:-1], scores.shape[-1]
     n_groups = -(-m // group)
@@ -85,9 +81,7 @@ def topk_grouped(
     flat = flat.contiguous()
     n_rows = flat.shape[0]
     grouped = flat.view(n_rows * n_groups, group)
-    if group_max is None:
-        group_max = grouped.amax(-1)
-    gmax, gidx = torch.topk(group_max.view(n_rows, n_groups), k + 1, dim=-1)
+    gmax, gidx = torch.topk(grouped.amax(-1).view(n_rows, n_groups), k + 1, dim=-1)
     chosen = torch.sort(gidx[:, :k], dim=-1).values  # ascending: candidates keep index order
     # Whole groups are copied as rows of the (rows · groups, group) view: a contiguous
     # index_select, several times faster than an element-wise gather.
@@ -112,10 +106,8 @@ class KNN:
         metric (str): ``"logit"``, ``"l2"`` or ``"cosine"`` (see the module docstring).
             (default: ``"logit"``)
         block_size (int, optional): queries scored at once (memory O(B · block_size · N')).
-            ``None`` scores min(1024, max(16, 2**21 // (B · N'))) queries per matmul (about
-            8 MiB of float32 scores, still in cache when their group maxima are taken) and runs
-            the top-k on up to four such blocks at once (a buffer of about 32 MiB).
-            (default: ``None``)
+            ``None`` picks min(1024, max(16, 2**21 // (B · N'))) rows: a score buffer of about
+            8 MiB in float32. (default: ``None``)
         reuse (bool): keep the first graph built and return it from every later :meth:`build`
             with the same (B, N, N') and device, so that several blocks or heads holding this
             spec share one graph (built from the embeddings of the first caller). The graph is
@@ -174,39 +166,16 @@ class KNN:
         key_t = kk.transpose(1, 2)
         sq = (kk * kk).sum(-1).unsqueeze(1) if self.metric == "l2" else None
         index = torch.empty(b, n, self.k, dtype=torch.long, device=query.device)
-        # Rows per top-k call (`block`, a buffer of about 32 MiB by default) and per matmul
-        # (`inner`, about 8 MiB: the scores are still in cache when their group maxima are
-        # taken). Fewer, larger top-k calls amortise their fixed per-call cost.
-        inner = self.block_size or min(1024, max(16, AUTO_BLOCK_ELEMENTS // (b * m)))
-        block = min(n, self.block_size or min(4096, max(inner, 4 * AUTO_BLOCK_ELEMENTS // (b * m))))
-        groups = -(-m // GROUP)
-        width = groups * GROUP if groups > self.k + 1 else m
-        buffer = torch.empty(b, block, width, dtype=q.dtype, device=q.device)
-        if width != m:
-            buffer[..., m:] = float("-inf")
-        gmax = buffer.new_empty(b, block, groups) if groups > self.k + 1 else None
+        block = self.block_size or min(1024, max(16, AUTO_BLOCK_ELEMENTS // (b * m)))
+        buffer = torch.empty(b, min(block, n), m, dtype=q.dtype, device=q.device)
         for start in range(0, n, block):
             stop = min(start + block, n)
-            for lo in range(start, stop, inner):
-                hi = min(lo + inner, stop)
-                out = buffer[:, lo - start : hi - start]
-                if sq is None:
-                    scores = torch.bmm(q[:, lo:hi], key_t, out=out if width == m else None)
-                else:  # -(|k|^2 - 2 q.k): larger is nearer (|q|^2 is constant per row)
-                    scores = torch.baddbmm(sq, q[:, lo:hi], key_t, beta=-1, alpha=2,
-                                           out=out if width == m else None)  # fmt: skip
-                if width != m:
-                    out[..., :m] = scores
-                if gmax is not None:
-                    gmax[:, lo - start : hi - start] = out.unflatten(-1, (groups, GROUP)).amax(-1)
-            rows = stop - start
-            scores = buffer[:, :rows]
-            if gmax is None:
-                index[:, start:stop] = topk_lowest_index(scores[..., :m], self.k)
-            else:
-                index[:, start:stop] = topk_grouped(
-                    scores, self.k, group_max=gmax[:, :rows].reshape(-1)
-                )
+            scores = buffer[:, : stop - start]
+            if sq is None:
+                torch.bmm(q[:, start:stop], key_t, out=scores)
+            else:  # -(|k|^2 - 2 q.k): larger is nearer (|q|^2 is constant per row)
+                torch.baddbmm(sq, q[:, start:stop], key_t, beta=-1, alpha=2, out=scores)
+            index[:, start:stop] = topk_grouped(scores, self.k)
         return RegularGraph(index, m)
 
     def __repr__(self) -> str:
