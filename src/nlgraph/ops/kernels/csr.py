@@ -65,6 +65,9 @@ class CSRStructure:
         shape (tuple[int, int]): (B·N, B·N').
         rows (Tensor, optional): (E,) row (flattened query) of each entry; required when
             ``k`` is ``None``.
+        order (Tensor, optional): for a COOGraph whose edges were not sorted by query, the
+            position in ``edge_index`` of each stored entry of one sample (``None``: the same
+            order).
     """
 
     crow: Tensor
@@ -73,6 +76,7 @@ class CSRStructure:
     k: int | None
     shape: tuple[int, int]
     rows: Tensor | None = None
+    order: Tensor | None = None
 
     @property
     def nnz(self) -> int:
@@ -102,6 +106,10 @@ class CSRStructure:
             return per_row.unsqueeze(-1).expand(-1, self.k).reshape(-1)
         assert self.rows is not None
         return per_row.index_select(0, self.rows)
+
+    def per_entry_degree(self, dtype: torch.dtype) -> Tensor:
+        """(E,) the entry count of each entry's row (the mean's divisor, at least 1)."""
+        return self.per_entry(self.degree.clamp_min(1).to(dtype))
 
     def row_sum(self, values: Tensor) -> Tensor:
         """(B·N,) sum of ``values`` (E,) over each row."""
@@ -140,13 +148,16 @@ def csr_structure(graph: RegularGraph | COOGraph, batch: int) -> CSRStructure:
             crow = torch.arange(0, rows * k + 1, k, device=idx.device)
             degree = torch.full((rows,), k, dtype=torch.long, device=idx.device)
             return CSRStructure(crow, col, degree, k, (rows, batch * m))
-        keep = graph.mask.expand(batch, -1, -1).reshape(-1)
+        mask = graph.mask.expand(batch, -1, -1)
+        keep = mask.reshape(-1)
         col = col[keep]
         row = torch.arange(rows, device=idx.device).repeat_interleave(graph.k)[keep]
-        degree = graph.mask.expand(batch, -1, -1).sum(-1).reshape(-1)
+        degree = mask.sum(-1).reshape(-1)
+        order = None
     else:
         n, m = graph.num_queries, graph.num_keys
         src, dst = graph.edge_index
+        order = None
         if dst.numel() > 1 and not bool((dst[1:] >= dst[:-1]).all()):  # PyG graphs often are
             order = _stable_argsort(dst, n)
             src, dst = src.index_select(0, order), dst.index_select(0, order)
@@ -157,7 +168,7 @@ def csr_structure(graph: RegularGraph | COOGraph, batch: int) -> CSRStructure:
         degree = torch.bincount(row, minlength=rows)
     crow = torch.zeros(rows + 1, dtype=torch.long, device=col.device)
     torch.cumsum(degree, 0, out=crow[1:])
-    return CSRStructure(crow, col, degree, None, (rows, batch * m), row)
+    return CSRStructure(crow, col, degree, None, (rows, batch * m), row, order)
 
 
 def _stable_argsort(values: Tensor, bound: int) -> Tensor:
@@ -185,7 +196,7 @@ def _normalise(mode: str, scale: float, pattern: CSRStructure, s: Tensor) -> Ten
         return pattern.row_softmax(s * scale if scale != 1.0 else s)
     if mode == "concatenation":
         s = torch.relu(s)
-    return s / pattern.per_entry(pattern.degree.clamp_min(1).to(s.dtype))
+    return s / pattern.per_entry_degree(s.dtype)
 
 
 class _CSRAggregate(torch.autograd.Function):
@@ -228,7 +239,7 @@ class _CSRAggregate(torch.autograd.Function):
             if scale != 1.0:
                 ds = ds * scale
         else:
-            ds = dw / pattern.per_entry(pattern.degree.clamp_min(1).to(dw.dtype))
+            ds = dw / pattern.per_entry_degree(dw.dtype)
         if mode == "concatenation":
             ds = ds * (s > 0).to(ds.dtype)
             dq = pattern.row_sum(ds)
@@ -246,18 +257,24 @@ def csr_aggregate(
     key: Tensor,
     value: Tensor,
     graph: RegularGraph | COOGraph,
+    pattern: CSRStructure | None = None,
 ) -> Tensor:
     """Aggregate over ``graph`` by sparse-matrix products: y (B, N, Cv).
 
     For concatenation, ``query``/``key`` are the scalar halves a (B, N) and b (B, N').
+    ``pattern`` is ``csr_structure(graph, B)`` when the caller already has it.
     """
-    batch, n, m = query.shape[0], query.shape[1], key.shape[1]
-    pattern = csr_structure(graph, batch)
-    q = query.reshape(batch * n, -1) if query.dim() == 3 else query.reshape(-1)
-    k = key.reshape(batch * m, -1) if key.dim() == 3 else key.reshape(-1)
-    v = value.reshape(batch * m, value.shape[-1])
-    y = _CSRAggregate.apply(mode, scale, pattern, q.contiguous(), k.contiguous(), v.contiguous())
+    batch, n = query.shape[0], query.shape[1]
+    if pattern is None:
+        pattern = csr_structure(graph, batch)
+    q, k, v = _flat(query), _flat(key), _flat(value)
+    y = _CSRAggregate.apply(mode, scale, pattern, q, k, v)
     return y.view(batch, n, value.shape[-1])
+
+
+def _flat(t: Tensor) -> Tensor:
+    """(B, N, C) → contiguous (B·N, C); the concatenation halves (B, N) → (B·N,)."""
+    return (t.flatten(0, 1) if t.dim() == 3 else t.reshape(-1)).contiguous()
 
 
 class CSRKernel(Kernel):
@@ -285,35 +302,37 @@ class CSRKernel(Kernel):
             q, k = pw.concat_terms(q, k)
         scale = pw.scale if pw.is_softmax else 1.0
         graph = inp.graph if inp.graph_kind != "full" else inp.regular_graph()
-        y = csr_aggregate(pw.mode, scale, q, k, inp.value, graph)
+        pattern = csr_structure(graph, q.shape[0])
+        y = csr_aggregate(pw.mode, scale, q, k, inp.value, graph, pattern)
         attn = None
         if inp.return_attention:
-            attn = _attention(pw.mode, scale, q, k, graph)
+            attn = _attention(pw.mode, scale, q, k, graph, pattern)
         return y, attn
 
 
 def _attention(
-    mode: str, scale: float, q: Tensor, k: Tensor, graph: RegularGraph | COOGraph
+    mode: str,
+    scale: float,
+    q: Tensor,
+    k: Tensor,
+    graph: RegularGraph | COOGraph,
+    pattern: CSRStructure,
 ) -> Attention:
-    """The normalised weights in the graph's own layout."""
-    batch, n, m = q.shape[0], q.shape[1], k.shape[1]
-    pattern = csr_structure(graph, batch)
-    qf = q.reshape(batch * n, -1) if q.dim() == 3 else q.reshape(-1)
-    kf = k.reshape(batch * m, -1) if k.dim() == 3 else k.reshape(-1)
-    w = _normalise(mode, scale, pattern, _logits(mode, pattern, qf, kf))
+    """The normalised weights in the graph's own layout (recomputed from q and k)."""
+    batch, n = q.shape[0], q.shape[1]
+    w = _normalise(mode, scale, pattern, _logits(mode, pattern, _flat(q), _flat(k)))
     if isinstance(graph, RegularGraph):
-        full = w.new_zeros(batch * n * graph.k)
-        if graph.mask is None:
-            full = w
-        else:
+        if graph.mask is not None:  # padding slots get weight 0
+            full = w.new_zeros(batch * n * graph.k)
             full[graph.mask.expand(batch, -1, -1).reshape(-1)] = w
-        return Attention.from_regular(full.view(batch, n, graph.k), graph)
-    # back from query order to the edge order of edge_index
-    order = torch.argsort(graph.edge_index[1], stable=True)
-    e = graph.num_edges
-    out = torch.empty_like(w).view(batch, e)
-    out[:, order] = w.view(batch, e)
-    return Attention.from_coo(out, graph)
+            w = full
+        return Attention.from_regular(w.view(batch, n, graph.k), graph)
+    w = w.view(batch, graph.num_edges)
+    if pattern.order is not None:  # back from query order to the order of edge_index
+        out = torch.empty_like(w)
+        out[:, pattern.order] = w
+        w = out
+    return Attention.from_coo(w, graph)
 
 
 def _is_compiling() -> bool:
