@@ -25,6 +25,7 @@ def nonlocal_aggregate(
     graph: str | RegularGraph | COOGraph = ...,
     backend: str = ...,
     return_attention: Literal[False] = ...,
+    edge_bias: Tensor | None = ...,
 ) -> Tensor: ...
 
 
@@ -38,6 +39,7 @@ def nonlocal_aggregate(
     graph: str | RegularGraph | COOGraph = ...,
     backend: str = ...,
     return_attention: Literal[True],
+    edge_bias: Tensor | None = ...,
 ) -> tuple[Tensor, Attention]: ...
 
 
@@ -50,6 +52,7 @@ def nonlocal_aggregate(
     graph: str | RegularGraph | COOGraph = "full",
     backend: str = "auto",
     return_attention: bool = False,
+    edge_bias: Tensor | None = None,
 ) -> Tensor | tuple[Tensor, Attention]:
     r"""Aggregate values over a graph with a non-local pairwise function.
 
@@ -59,7 +62,17 @@ def nonlocal_aggregate(
         y_i = \frac{1}{C_i} \sum_{j \in N(i)} f(q_i, k_j)\, v_j
 
     with :math:`f` and :math:`C_i` given by ``pairwise`` (:class:`nlgraph.pairwise.Pairwise`)
-    and :math:`N(i)` by ``graph`` (``"full"``: every key, so :math:`|N(i)| = N'`).
+    and :math:`N(i)` by ``graph`` (``"full"``: every key, so :math:`|N(i)| = N'`). With
+    ``edge_bias`` :math:`\beta` (softmax modes only) the weights become
+
+    .. math::
+        w_{ij} = \frac{\exp(s\, q_i\cdot k_j + \beta_{ij})}
+                      {\sum_{j' \in N(i)} \exp(s\, q_i\cdot k_{j'} + \beta_{ij'})},
+
+    i.e. :math:`f(q_i, k_j) = e^{\beta_{ij}}\, e^{s\, q_i\cdot k_j}`: a per-edge prior
+    multiplies the appearance term (relation networks' geometric weight, relative position
+    biases). :math:`\beta = -\infty` drops an edge; a query whose edges are all dropped gets
+    :math:`y_i = 0` on the sparse kernels and NaN on the dense one (avoid it).
 
     Args:
         query (Tensor): q, (B, N, Cq). For the Gaussian mode the raw input x.
@@ -81,6 +94,10 @@ def nonlocal_aggregate(
             :class:`nlgraph.attention.Attention` (on the full graph this builds the (B, N, N')
             matrix).
             (default: ``False``)
+        edge_bias (Tensor, optional): an additive logit per edge, differentiable, for the
+            softmax modes: (B or 1, N, N') on the full graph, (B or 1, N, k) on a RegularGraph
+            (padding slots ignored), (B or 1, E) on a COOGraph in ``edge_index`` order. Same
+            dtype and device as ``query``. (default: ``None``)
 
     Returns:
         Tensor: y, (B, N, Cv); or ``(y, attn)`` with ``return_attention=True``.
@@ -97,7 +114,7 @@ def nonlocal_aggregate(
     """
     if isinstance(pairwise, str):
         pairwise = Pairwise(pairwise)
-    inp = AggregateInputs(query, key, value, pairwise, graph, bool(return_attention))
+    inp = AggregateInputs(query, key, value, pairwise, graph, bool(return_attention), edge_bias)
     inp.validate()
     kernel = select_kernel(inp, backend)
     y, attn = kernel.apply(inp)

@@ -31,6 +31,32 @@ class AggregateInputs:
     pairwise: Pairwise
     graph: str | RegularGraph | COOGraph = "full"
     return_attention: bool = False
+    edge_bias: Tensor | None = None
+
+    def bias_shape(self) -> tuple[int, ...]:
+        """The shape ``edge_bias`` must have for this graph, with G = 1 or B leading."""
+        g = self.graph
+        if isinstance(g, RegularGraph):
+            return (self.num_queries, g.k)
+        if isinstance(g, COOGraph):
+            return (g.num_edges,)
+        return (self.num_queries, self.num_keys)
+
+    def batched_bias(self) -> Tensor | None:
+        """``edge_bias`` expanded to B leading (a view), or ``None``."""
+        if self.edge_bias is None:
+            return None
+        return self.edge_bias.expand(self.query.shape[0], *self.edge_bias.shape[1:])
+
+    def coo_bias(self) -> Tensor | None:
+        """(B, E) ``edge_bias`` in the edge order of :meth:`coo_graph`, or ``None``."""
+        bias = self.batched_bias()
+        if bias is None or isinstance(self.graph, COOGraph):
+            return bias
+        bias = bias.reshape(bias.shape[0], -1)  # full or regular: (query, slot) row-major
+        if isinstance(self.graph, RegularGraph) and self.graph.mask is not None:
+            bias = bias[:, self.graph.mask[0].reshape(-1)]
+        return bias
 
     @property
     def graph_kind(self) -> str:
@@ -101,6 +127,31 @@ class AggregateInputs:
                 f"concat_weight: expected shape ({2 * q.shape[2]},) = (2*Cq,), got {got}"
             )
         self._validate_graph()
+        self._validate_bias()
+
+    def _validate_bias(self) -> None:
+        bias = self.edge_bias
+        if bias is None:
+            return
+        if not isinstance(bias, Tensor):
+            raise TypeError(f"edge_bias: expected a Tensor or None, got {type(bias).__name__}")
+        if not self.pairwise.is_softmax:
+            raise ValueError(
+                "edge_bias: only the softmax modes ('gaussian', 'embedded_gaussian') take a logit "
+                f"bias, got mode={self.pairwise.mode!r}"
+            )
+        q, b = self.query, self.query.shape[0]
+        if bias.dtype != q.dtype or bias.device != q.device:
+            raise TypeError(
+                f"edge_bias: expected dtype {q.dtype} on {q.device} (as query), got {describe(bias)}"
+            )
+        want = self.bias_shape()
+        if bias.dim() != len(want) + 1 or bias.shape[0] not in (1, b) or bias.shape[1:] != want:
+            lead = "1" if b == 1 else f"1 or {b}"
+            raise ValueError(
+                f"edge_bias: expected shape ({lead}, {', '.join(map(str, want))}) for a "
+                f"{self.graph_kind} graph, got {describe(bias)}"
+            )
 
     def _validate_graph(self) -> None:
         g, n, m, b = self.graph, self.num_queries, self.num_keys, self.query.shape[0]

@@ -32,6 +32,8 @@ class Kernel:
         torch.float64,
     )
     SUPPORTS_RETURN_ATTENTION: ClassVar[bool] = False
+    #: Takes ``edge_bias`` (an additive logit per edge, softmax modes).
+    SUPPORTS_EDGE_BIAS: ClassVar[bool] = False
     IS_DETERMINISTIC: ClassVar[bool] = True
     REQUIRES: ClassVar[str | None] = None
     #: Tolerances of this kernel against the fp64 reference, per dtype.
@@ -68,6 +70,8 @@ class Kernel:
             reasons.append(f"dtype={inp.query.dtype} (supported: {cls.SUPPORTED_DTYPES})")
         if inp.return_attention and not cls.SUPPORTS_RETURN_ATTENTION:
             reasons.append("return_attention=True is not supported")
+        if inp.edge_bias is not None and not cls.SUPPORTS_EDGE_BIAS:
+            reasons.append("edge_bias is not supported")
         return reasons
 
     @classmethod

@@ -9,7 +9,8 @@ For edges :math:`(j \to i)` of a :class:`~nlgraph.graphs.COOGraph` shared by the
     w_e = \frac{s_e}{\deg(i_e)}\ \text{(dot product, concatenation)},\quad
     y_i = \sum_{e: i_e = i} w_e\, v_{j_e}
 
-with :math:`m_i` the largest logit into query i (stabilisation, no gradient). A query without
+(``edge_bias`` :math:`\beta_e`, softmax modes: :math:`s_e \to s_e + \beta_e`), with
+:math:`m_i` the largest logit into query i (stabilisation, no gradient). A query without
 incoming edges gets :math:`y_i = 0`. Duplicate edges count as many times as they appear. The
 segment sums and maxima run on torch-scatter when it is installed (``pip install
 nlgraph[scatter]``), else on plain PyTorch (``scatter_reduce``, ``index_add``), with the same
@@ -41,8 +42,10 @@ def _flat_edges(graph: COOGraph, batch: int, num_keys: int) -> tuple[Tensor, Ten
     return (src + offsets * num_keys).reshape(-1), (dst + offsets * graph.num_queries).reshape(-1)
 
 
-def coo_edge_weights(pw: Pairwise, q: Tensor, k: Tensor, graph: COOGraph) -> Tensor:
-    """(B, E) normalised weights of every edge of ``graph``."""
+def coo_edge_weights(
+    pw: Pairwise, q: Tensor, k: Tensor, graph: COOGraph, bias: Tensor | None = None
+) -> Tensor:
+    """(B, E) normalised weights of every edge of ``graph``; ``bias`` (B, E) adds to the logits."""
     b, n, m = q.shape[0], graph.num_queries, graph.num_keys
     src, dst = _flat_edges(graph, b, m)
     if pw.mode == "concatenation":
@@ -56,6 +59,8 @@ def coo_edge_weights(pw: Pairwise, q: Tensor, k: Tensor, graph: COOGraph) -> Ten
         return s.view(b, -1) / deg.index_select(0, graph.edge_index[1])
     if pw.scale != 1.0:
         s = s * pw.scale
+    if bias is not None:
+        s = s + bias.reshape(-1)
     top = segment_amax(s.detach(), dst, b * n)
     top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
     e = torch.exp(s - top.index_select(0, dst))
@@ -71,6 +76,7 @@ class COOKernel(Kernel):
     SUPPORTED_GRAPHS = ("full", "regular", "coo")
     SUPPORTED_MODES = MODES
     SUPPORTS_RETURN_ATTENTION = True
+    SUPPORTS_EDGE_BIAS = True
     IS_DETERMINISTIC = False  # index_add / scatter are atomic on CUDA
 
     @classmethod
@@ -87,7 +93,7 @@ class COOKernel(Kernel):
         v = inp.value
         b, m, cv = v.shape
         src, dst = _flat_edges(graph, b, m)
-        w = coo_edge_weights(inp.pairwise, inp.query, inp.key, graph)
+        w = coo_edge_weights(inp.pairwise, inp.query, inp.key, graph, inp.coo_bias())
         msg = w.reshape(-1, 1) * v.reshape(b * m, cv).index_select(0, src)
         y = segment_sum(msg, dst, b * graph.num_queries)
         y = y.view(b, graph.num_queries, cv)

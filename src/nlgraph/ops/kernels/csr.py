@@ -8,7 +8,8 @@ for each edge :math:`e = (j \to i)`:
     S = \mathrm{SDDMM}(Q, K) \;(\text{the logits } q_i\cdot k_j \text{ at the stored entries}),\quad
     W = \mathrm{normalise}_{\text{rows}}(S),\quad Y = W V \;(\text{SpMM}),
 
-where normalise is the softmax over each row (Gaussian modes, logits times ``scale``) or the
+where normalise is the softmax over each row (Gaussian modes, logits times ``scale`` plus the
+``edge_bias`` of each entry when one is given) or the
 division by the row's entry count (dot product, concatenation; for concatenation
 :math:`s_e = \mathrm{ReLU}(a_i + b_j)` on the scalar halves). Backward uses the same products,
 
@@ -191,9 +192,12 @@ def _logits(mode: str, pattern: CSRStructure, q: Tensor, k: Tensor) -> Tensor:
     return _sddmm(pattern, q, k)
 
 
-def _normalise(mode: str, scale: float, pattern: CSRStructure, s: Tensor) -> Tensor:
+def _normalise(
+    mode: str, scale: float, pattern: CSRStructure, s: Tensor, bias: Tensor | None = None
+) -> Tensor:
     if mode in SOFTMAX_MODES:
-        return pattern.row_softmax(s * scale if scale != 1.0 else s)
+        logits = s * scale if scale != 1.0 else s
+        return pattern.row_softmax(logits if bias is None else logits + bias)
     if mode == "concatenation":
         s = torch.relu(s)
     return s / pattern.per_entry_degree(s.dtype)
@@ -211,9 +215,10 @@ class _CSRAggregate(torch.autograd.Function):
         query: Tensor,
         key: Tensor,
         value: Tensor,
+        bias: Tensor | None,
     ) -> Tensor:
         s = _logits(mode, pattern, query, key)
-        w = _normalise(mode, scale, pattern, s)
+        w = _normalise(mode, scale, pattern, s, bias)
         ctx.mode, ctx.scale, ctx.pattern = mode, scale, pattern
         # concatenation needs the sign of the pre-activation; the softmax modes only w.
         ctx.save_for_backward(query, key, value, w, s if mode == "concatenation" else None)
@@ -234,8 +239,10 @@ class _CSRAggregate(torch.autograd.Function):
 
         dv = transposed(w) @ grad_out
         dw = _sddmm(pattern, grad_out, value)
+        dbias = None
         if mode in SOFTMAX_MODES:
             ds = w * (dw - pattern.per_entry(pattern.row_sum(w * dw)))
+            dbias = ds if ctx.needs_input_grad[6] else None
             if scale != 1.0:
                 ds = ds * scale
         else:
@@ -247,7 +254,7 @@ class _CSRAggregate(torch.autograd.Function):
         else:
             dq = pattern.matrix(ds) @ key
             dk = transposed(ds) @ query
-        return None, None, None, dq, dk, dv
+        return None, None, None, dq, dk, dv, dbias
 
 
 def csr_aggregate(
@@ -258,18 +265,34 @@ def csr_aggregate(
     value: Tensor,
     graph: RegularGraph | COOGraph,
     pattern: CSRStructure | None = None,
+    bias: Tensor | None = None,
 ) -> Tensor:
     """Aggregate over ``graph`` by sparse-matrix products: y (B, N, Cv).
 
     For concatenation, ``query``/``key`` are the scalar halves a (B, N) and b (B, N').
-    ``pattern`` is ``csr_structure(graph, B)`` when the caller already has it.
+    ``pattern`` is ``csr_structure(graph, B)`` when the caller already has it. ``bias`` adds to
+    the softmax logits: (B, N, k) for a RegularGraph, (B, E) for a COOGraph.
     """
     batch, n = query.shape[0], query.shape[1]
     if pattern is None:
         pattern = csr_structure(graph, batch)
     q, k, v = _flat(query), _flat(key), _flat(value)
-    y = _CSRAggregate.apply(mode, scale, pattern, q, k, v)
+    entry_bias = None if bias is None else _entry_bias(bias, graph, pattern)
+    y = _CSRAggregate.apply(mode, scale, pattern, q, k, v, entry_bias)
     return y.view(batch, n, value.shape[-1])
+
+
+def _entry_bias(bias: Tensor, graph: RegularGraph | COOGraph, pattern: CSRStructure) -> Tensor:
+    """(E_total,) the bias of each stored entry, in CSR order (autograd maps gradients back)."""
+    batch = bias.shape[0]
+    if isinstance(graph, RegularGraph):
+        flat = bias.reshape(-1)
+        if graph.mask is not None:
+            flat = flat[graph.mask.expand(batch, -1, -1).reshape(-1)]
+        return flat
+    if pattern.order is not None:
+        bias = bias.index_select(1, pattern.order)
+    return bias.reshape(-1)
 
 
 def _flat(t: Tensor) -> Tensor:
@@ -285,6 +308,7 @@ class CSRKernel(Kernel):
     SUPPORTED_MODES = MODES
     SUPPORTED_DTYPES = (torch.float32, torch.float64)
     SUPPORTS_RETURN_ATTENTION = True
+    SUPPORTS_EDGE_BIAS = True
     IS_DETERMINISTIC = False  # CPU (MKL) runs row-parallel without atomics; cuSPARSE unverified
 
     @classmethod
@@ -303,10 +327,11 @@ class CSRKernel(Kernel):
         scale = pw.scale if pw.is_softmax else 1.0
         graph = inp.graph if inp.graph_kind != "full" else inp.regular_graph()
         pattern = csr_structure(graph, q.shape[0])
-        y = csr_aggregate(pw.mode, scale, q, k, inp.value, graph, pattern)
+        bias = inp.batched_bias()
+        y = csr_aggregate(pw.mode, scale, q, k, inp.value, graph, pattern, bias)
         attn = None
         if inp.return_attention:
-            attn = _attention(pw.mode, scale, q, k, graph, pattern)
+            attn = _attention(pw.mode, scale, q, k, graph, pattern, bias)
         return y, attn
 
 
@@ -317,10 +342,13 @@ def _attention(
     k: Tensor,
     graph: RegularGraph | COOGraph,
     pattern: CSRStructure,
+    bias: Tensor | None,
 ) -> Attention:
     """The normalised weights in the graph's own layout (recomputed from q and k)."""
     batch, n = q.shape[0], q.shape[1]
-    w = _normalise(mode, scale, pattern, _logits(mode, pattern, _flat(q), _flat(k)))
+    entry_bias = None if bias is None else _entry_bias(bias, graph, pattern)
+    s = _logits(mode, pattern, _flat(q), _flat(k))
+    w = _normalise(mode, scale, pattern, s, entry_bias)
     if isinstance(graph, RegularGraph):
         if graph.mask is not None:  # padding slots get weight 0
             full = w.new_zeros(batch * n * graph.k)

@@ -13,6 +13,8 @@ r"""The ``dense`` kernel: all pairs, with exact fast paths and no N×N' tensor.
   :math:`t_i` the first sorted key with :math:`b > -a_i` (a binary search). O((N + N') log N')
   work, O((N + N')·Cv) memory; autograd through sort, gathers and cumulative sums gives the
   exact gradient (the ReLU kink has measure zero).
+- ``edge_bias`` (softmax modes): the (B, N, N') bias is SDPA's additive ``attn_mask``, one
+  head per sample (no query split).
 - ``return_attention=True`` builds the (B, N, N') weights and multiplies them with v.
 """
 
@@ -49,13 +51,23 @@ def _query_splits(q: Tensor, k: Tensor, v: Tensor) -> int:
     return max(1, min(-(-threads // batch), n // 256))
 
 
-def softmax_fused(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
-    """softmax(scale·q kᵀ) v through fused SDPA. q, k: (B, N|N', d), v: (B, N', dv) → (B, N, dv)."""
+def softmax_fused(
+    q: Tensor, k: Tensor, v: Tensor, scale: float, bias: Tensor | None = None
+) -> Tensor:
+    """softmax(scale·q kᵀ + bias) v through fused SDPA.
+
+    q, k: (B, N|N', d), v: (B, N', dv), bias: (B or 1, N, N') or ``None`` → (B, N, dv).
+    """
     d, dv = q.shape[-1], v.shape[-1]
     if dv < d:
         v = F.pad(v, (0, d - dv))
     elif d < dv:
         q, k = F.pad(q, (0, dv - d)), F.pad(k, (0, dv - d))
+    if bias is not None:
+        out = F.scaled_dot_product_attention(
+            q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1), attn_mask=bias.unsqueeze(1), scale=scale
+        )
+        return out.squeeze(1)[..., :dv]
     batch, n, width = q.shape
     parts = _query_splits(q, k, v)
     rows = -(-n // parts)
@@ -100,20 +112,24 @@ class DenseKernel(Kernel):
     SUPPORTED_GRAPHS = ("full",)
     SUPPORTED_MODES = MODES
     SUPPORTS_RETURN_ATTENTION = True
+    SUPPORTS_EDGE_BIAS = True
     IS_DETERMINISTIC = True
 
     @classmethod
     def apply(cls, inp: AggregateInputs) -> tuple[Tensor, Attention | None]:
         q, k, v, pw = inp.query, inp.key, inp.value, inp.pairwise
         if inp.return_attention:
-            weights = pw.normalise_dense(pw.dense_scores(q, k))
+            scores = pw.dense_scores(q, k)
+            if inp.edge_bias is not None:
+                scores = scores + inp.edge_bias
+            weights = pw.normalise_dense(scores)
             return weights @ v, Attention(weights)
-        return cls._fast(pw, q, k, v), None
+        return cls._fast(pw, q, k, v, inp.edge_bias), None
 
     @staticmethod
-    def _fast(pw: Pairwise, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    def _fast(pw: Pairwise, q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None) -> Tensor:
         if pw.is_softmax:
-            return softmax_fused(q, k, v, pw.scale)
+            return softmax_fused(q, k, v, pw.scale, bias)
         if pw.mode == "dot_product":
             return dot_product_reassociated(q, k, v)
         a, b = pw.concat_terms(q, k)
