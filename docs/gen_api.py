@@ -37,6 +37,7 @@ if importlib.util.find_spec("nlgraph") is None:  # a source checkout without `pi
 MODULES: tuple[str, ...] = (
     "nlgraph.nn",
     "nlgraph.graphs",
+    "nlgraph.nodes",
     "nlgraph.transforms",
     "nlgraph.ops",
     "nlgraph.pairwise",

@@ -15,7 +15,14 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 #: Pages whose ```python blocks are executed, each page in one namespace, in order.
-RUNNABLE_PAGES = ("index.md", "nonlocal_block.md", "presets.md")
+RUNNABLE_PAGES = (
+    "index.md",
+    "nonlocal_block.md",
+    "presets.md",
+    "nodes.md",
+    "glore.md",
+    "objects.md",
+)
 ALLOWED_UNANNOTATED = {"self", "cls"}
 
 

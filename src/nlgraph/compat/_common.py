@@ -387,9 +387,15 @@ def to_reference(
     Raises:
         ValueError: the layout cannot express the block (e.g. timm: 2-D embedded Gaussian
             without sub-sampling; AlexHex7: no temperature; mmcv with a norm: no W_z bias;
-            SlowFast/Caffe2: pooling before the projections, SlowFast: a BatchNorm).
+            SlowFast/Caffe2: pooling before the projections, SlowFast: a BatchNorm; any
+            layout: a ``graph=Latent(M)`` block).
     """
     check_choice("layout", layout, LAYOUTS)
     if not isinstance(block, _NonLocalBlockNd):
         raise TypeError(f"block: expected a NonLocalBlock1d/2d/3d, got {type(block).__name__}")
+    if getattr(block, "latent_proj", None) is not None:
+        raise ValueError(
+            f"block: layout {layout!r} cannot express graph=Latent(...) (its latent projection "
+            "has no counterpart in any public non-local block)"
+        )
     return import_module(f"{__package__}.{layout}").dump(block, prefix)

@@ -1,6 +1,7 @@
 """Edge sets (full, k-NN, window, user edge_index), builders and conversions."""
 
 from .base import COOGraph, RegularGraph
+from .boxes import BOX_METRICS, BoxKNN, box_geometry, box_graph, box_iou, geometry_embedding
 from .convert import (
     data_to_feature_map,
     feature_map_to_data,
@@ -11,18 +12,26 @@ from .convert import (
 )
 from .feature_knn import KNN
 from .knn import knn, knn_graph
+from .latent import Latent
 from .window import TemporalGroups, Window, window_offsets
 
 __all__ = [
+    "BOX_METRICS",
     "KNN",
+    "Latent",
+    "BoxKNN",
     "COOGraph",
     "RegularGraph",
+    "box_geometry",
+    "box_graph",
+    "box_iou",
     "TemporalGroups",
     "Window",
     "data_to_feature_map",
     "feature_map_to_data",
     "from_edge_index",
     "full_edge_index",
+    "geometry_embedding",
     "grid_positions",
     "knn",
     "knn_graph",

@@ -21,6 +21,7 @@ from .._validate import (
 from ..attention import Attention
 from ..graphs.base import COOGraph, RegularGraph
 from ..graphs.feature_knn import KNN
+from ..graphs.latent import Latent
 from ..graphs.window import TemporalGroups, Window
 from ..ops import nonlocal_aggregate
 from ..ops.dispatch import KERNELS
@@ -92,9 +93,15 @@ class _NonLocalBlockNd(nn.Module):
             :class:`~nlgraph.graphs.Window` or :class:`~nlgraph.graphs.TemporalGroups` (position
             space; with ``sub_sample`` a query maps onto the pooled key cell that contains it), or
             a LongTensor ``edge_index`` (2, E) over flattened positions (row 0 key j in [0, N'),
-            row 1 query i in [0, N)), shared by the batch. Normalisation is over N(i): softmax
-            for the Gaussians, division by |N(i)| otherwise; a query without neighbours gets
-            y_i = 0. (default: ``"full"``)
+            row 1 query i in [0, N)), shared by the batch; or a :class:`~nlgraph.graphs.Latent`
+            (M learned latent nodes, GloRe-style: the block owns ``latent_proj``, a 1x1 conv
+            giving M plain-linear weights B per key position, and every query attends to the M
+            latent keys B^T φ and values B^T g over the full graph, O(N·M); with ``sub_sample``
+            B is computed and pooled like φ and g, so the latent nodes pool the N' sub-sampled
+            positions; every mode is supported, the Gaussian mode projecting the raw pooled
+            input). Normalisation is over N(i): softmax for the Gaussians, division by |N(i)|
+            otherwise (M for Latent); a query without neighbours gets y_i = 0.
+            (default: ``"full"``)
         backend (str): kernel for :func:`nlgraph.ops.nonlocal_aggregate`: ``"auto"``,
             ``"dense"``, ``"regular"``, ``"coo"`` or ``"csr"``. (default: ``"auto"``)
         device, dtype: forwarded to every parameter.
@@ -102,7 +109,8 @@ class _NonLocalBlockNd(nn.Module):
     Shapes:
         - input x: (B, C, \*S); N = prod(S) queries; N' = prod(floor(S_d / pool_d)) keys with
           ``sub_sample`` (else N' = N)
-        - output z: (B, C, \*S); ``attn.to_dense()``: (B, N, N') (``return_attention=True``)
+        - output z: (B, C, \*S); ``attn.to_dense()``: (B, N, N') (``return_attention=True``),
+          (B, N, M) over the latent nodes with ``graph=Latent(M)``
 
     Attributes:
         theta, phi: ConvNd(C, C', 1) with bias (``None`` in the Gaussian mode)
@@ -111,6 +119,8 @@ class _NonLocalBlockNd(nn.Module):
         norm: BatchNormNd(C) or ``None``
         concat_project: Linear(2C', 1, bias=False), weight [u; w] (θ half first), in the
             concatenation mode only (``None`` otherwise)
+        latent_proj: ConvNd(C, M, 1) with bias, with ``graph=Latent(M)`` only (``None``
+            otherwise, so other graphs keep their state-dict keys)
 
     Raises:
         ValueError: an unknown option, a wrong input rank or channel count, or a map too small
@@ -137,7 +147,7 @@ class _NonLocalBlockNd(nn.Module):
         weight_init: str = "pytorch",
         norm_eps: float = 1e-5,
         norm_momentum: float = 0.1,
-        graph: str | KNN | Window | TemporalGroups | Tensor = "full",
+        graph: str | KNN | Window | TemporalGroups | Latent | Tensor = "full",
         backend: str = "auto",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
@@ -188,6 +198,9 @@ class _NonLocalBlockNd(nn.Module):
         self.concat_project = (
             nn.Linear(2 * inter_channels, 1, bias=False, **fk) if mode == "concatenation" else None
         )
+        self.latent_proj = (
+            conv(in_channels, graph.num_nodes, 1, **fk) if isinstance(graph, Latent) else None
+        )
         self.reset_parameters()
 
     # ------------------------------------------------------------------ construction helpers
@@ -203,10 +216,10 @@ class _NonLocalBlockNd(nn.Module):
             raise ValueError(
                 f"graph: expected a 3-D block for TemporalGroups, got a {self.dims}-D block"
             )
-        if not (graph == "full" or isinstance(graph, (KNN, Window, TemporalGroups))):
+        if not (graph == "full" or isinstance(graph, (KNN, Window, TemporalGroups, Latent))):
             raise ValueError(
-                "graph: expected 'full', a KNN, Window or TemporalGroups spec, or an edge_index "
-                f"tensor, got {graph!r}"
+                "graph: expected 'full', a KNN, Window, TemporalGroups or Latent spec, or an "
+                f"edge_index tensor, got {graph!r}"
             )
         return None
 
@@ -228,7 +241,9 @@ class _NonLocalBlockNd(nn.Module):
 
     def reset_parameters(self) -> None:
         """Re-initialise every parameter by ``weight_init``, then apply ``zero_init``."""
-        convs = [m for m in (self.theta, self.phi, self.g, self.w_z) if m is not None]
+        convs = [
+            m for m in (self.theta, self.phi, self.g, self.w_z, self.latent_proj) if m is not None
+        ]
         if self.norm is not None:
             self.norm.reset_parameters()
         for m in (*convs, self.concat_project):
@@ -282,7 +297,11 @@ class _NonLocalBlockNd(nn.Module):
         return _MAXPOOL[self.dims](t, kernel_size=self.pool_size, stride=self.pool_size)
 
     def embed(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Queries, keys and values, channels last: (B, N, Cq), (B, N', Cq), (B, N', C')."""
+        """Queries, keys and values, channels last: (B, N, Cq), (B, N', Cq), (B, N', C').
+
+        With ``graph=Latent(M)`` the keys and values are the M latent nodes: (B, M, Cq),
+        (B, M, C').
+        """
         pool = self.sub_sample
         before = pool and self.pool_placement == "before"
         x_kv = self._pool(x) if before else x
@@ -298,7 +317,13 @@ class _NonLocalBlockNd(nn.Module):
             query, key = self.theta(x), self.phi(x_kv)
             if pool and not before:
                 key = self._pool(key)
-        return tuple(t.flatten(2).transpose(1, 2) for t in (query, key, value))
+        query, key, value = (t.flatten(2).transpose(1, 2) for t in (query, key, value))
+        if self.latent_proj is not None:  # graph=Latent(M): M latent keys and values
+            weights = self.latent_proj(x_kv)
+            if pool and not before:
+                weights = self._pool(weights)
+            key, value = self.graph.project(weights.flatten(2).transpose(1, 2), key, value)
+        return query, key, value
 
     def build_graph(self, x: Tensor, query: Tensor, key: Tensor) -> str | RegularGraph | COOGraph:
         """The edge set for input ``x`` with embeddings ``query`` (B, N, Cq), ``key`` (B, N', Cq).
