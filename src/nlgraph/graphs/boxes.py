@@ -27,6 +27,7 @@ from torch import Tensor
 
 from .._validate import check_choice, check_positive_int, describe
 from ..nodes import check_batch, check_boxes
+from .knn import _topk_ties_low
 
 __all__ = [
     "BOX_METRICS",
@@ -184,7 +185,7 @@ def _knn_edges(boxes: Tensor, counts: list[int], k: int, metric: str) -> Tensor:
             n_rows = rows.shape[0]
             own = torch.arange(lo, lo + n_rows, device=boxes.device)
             score[torch.arange(n_rows, device=boxes.device), own] = math.inf
-            best = torch.sort(score, dim=1, descending=True, stable=True).indices[:, :kk]
+            best = _topk_ties_low(-score, kk)  # top-k, exact (score, index) order
             sources.append(best.reshape(-1) + start)
             targets.append((own + start).repeat_interleave(kk))
         start += size
