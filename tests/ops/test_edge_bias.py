@@ -138,3 +138,18 @@ def test_bias_errors() -> None:
         nonlocal_aggregate(q, k, v, PW, graph=graph, edge_bias=torch.zeros(2, 3, dtype=F64))
     with pytest.raises(TypeError, match="edge_bias: expected a Tensor"):
         nonlocal_aggregate(q, k, v, PW, edge_bias=[0.0])
+
+
+def test_all_edges_dropped() -> None:
+    """The documented behaviour when every edge of a query has bias -inf."""
+    q, k, v = _qkv()
+    index = torch.tensor([[[0, 1]] * 9])
+    bias = torch.zeros(1, 9, 2, dtype=F64)
+    bias[0, 3] = float("-inf")  # query 3 loses both edges
+    for backend in ("regular", "coo"):
+        y = nonlocal_aggregate(
+            q, k, v, PW, graph=RegularGraph(index, 7), backend=backend, edge_bias=bias
+        )
+        assert float(y[:, 3].abs().sum()) == 0.0 and bool(torch.isfinite(y).all())
+    y = nonlocal_aggregate(q, k, v, PW, graph=RegularGraph(index, 7), backend="csr", edge_bias=bias)
+    assert bool(torch.isnan(y[:, 3]).all()) and bool(torch.isfinite(y[:, :3]).all())

@@ -72,7 +72,8 @@ def nonlocal_aggregate(
     i.e. :math:`f(q_i, k_j) = e^{\beta_{ij}}\, e^{s\, q_i\cdot k_j}`: a per-edge prior
     multiplies the appearance term (relation networks' geometric weight, relative position
     biases). :math:`\beta = -\infty` drops an edge; a query whose edges are all dropped gets
-    :math:`y_i = 0` on the sparse kernels and NaN on the dense one (avoid it).
+    :math:`y_i = 0` on the ``regular`` and ``coo`` kernels but NaN on ``dense`` and ``csr``
+    (avoid it, e.g. floor the bias as :class:`nlgraph.nn.ObjectRelation` does).
 
     Args:
         query (Tensor): q, (B, N, Cq). For the Gaussian mode the raw input x.
