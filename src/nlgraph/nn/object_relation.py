@@ -85,8 +85,10 @@ class ObjectRelation(nn.Module):
     (eq. 5) and :math:`\mathcal{E}_G` its sinusoidal embedding
     (:func:`nlgraph.graphs.geometry_embedding`, ``geo_channels`` wide). Since
     :math:`w_G \exp(w_A) = \exp(w_A + \log w_G)`, the geometric weight is an additive logit
-    bias: one call of :func:`nlgraph.ops.nonlocal_aggregate` with the heads as its batch and
-    ``edge_bias`` :math:`\log w_G`, so any of its kernels runs it.
+    bias (``edge_bias`` :math:`\log w_G` of :func:`nlgraph.ops.nonlocal_aggregate`, with the
+    heads as its batch). The full graph of up to 16 images runs image by image on the dense
+    kernel, the (heads, R_g, R_g) bias as SDPA's additive mask; any other edge set (k-NN, a
+    user ``edge_index``, more images, ``return_attention=True``) as one COO aggregation.
 
     **Paper vs official code** (``geometry``):
 
