@@ -21,6 +21,7 @@ generated from fixed seeds; nothing is downloaded.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 import time
@@ -209,11 +210,19 @@ def write_report(results: dict, args: argparse.Namespace, out_dir: Path, test_da
         f"{args.epochs} epochs, batch {args.batch_size}, Adam lr {args.lr}, seed {args.seed}",
         f"- machine: {platform.machine()}, {torch.get_num_threads()} threads, "
         f"Python {platform.python_version()}, torch {torch.__version__}",
+        f"- allocator: {_allocator()}",
         "",
         "![training curves](relational_detection.png)",
     ]
     (out_dir / "relational_detection.md").write_text("\n".join(md) + "\n")
     _plot(results, out_dir / "relational_detection.png", test_data)
+
+
+def _allocator() -> str:
+    """The glibc allocator variables of this run (see docs/performance.md)."""
+    names = ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_")
+    found = [f"{n}={os.environ[n]}" for n in names if n in os.environ]
+    return " ".join(found) or "glibc defaults"
 
 
 def _majority_rate(data: list) -> float:
