@@ -83,8 +83,9 @@ def box_iou(a: Tensor, b: Tensor) -> Tensor:
     return torch.where(union > 0, inter / union.clamp_min(torch.finfo(a.dtype).tiny), 0.0)
 
 
-def _segments(batch: Tensor) -> tuple[Tensor, Tensor | None, list[int]]:
-    """(sorted batch, permutation or None, boxes per image) — the images as contiguous runs."""
+def image_runs(batch: Tensor) -> tuple[Tensor, Tensor | None, list[int]]:
+    """(sorted batch, stable sorting permutation or ``None`` when already sorted, boxes per
+    image index 0..max): the images as contiguous runs. Reads the values (host sync)."""
     order = None
     if batch.numel() > 1 and not bool((batch[1:] >= batch[:-1]).all()):
         order = torch.argsort(batch, stable=True)
@@ -137,7 +138,7 @@ def box_graph(
     if k is not None:
         k = check_positive_int("k", k)
     check_choice("metric", metric, BOX_METRICS)
-    sorted_batch, order, counts = _segments(batch)
+    sorted_batch, order, counts = image_runs(batch)
     sorted_boxes = boxes if order is None else boxes[order]
     if k is None:
         edge_index = _full_edges(sorted_batch, counts)

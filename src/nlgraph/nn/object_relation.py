@@ -2,6 +2,7 @@ r"""The object relation module (Hu et al., CVPR 2018) on nlgraph's graph engine.
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any, Literal, overload
 
@@ -9,10 +10,17 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from .._validate import check_choice, check_float_tensor, check_positive_int, describe
+from .._validate import (
+    check_channels_dtype_device,
+    check_choice,
+    check_float_tensor,
+    check_positive_int,
+    describe,
+)
 from ..attention import Attention
 from ..graphs.base import COOGraph
-from ..graphs.boxes import BoxKNN, box_geometry, box_graph, geometry_embedding
+from ..graphs.boxes import BoxKNN, box_geometry, box_graph, geometry_embedding, image_runs
+from ..graphs.convert import full_edge_index
 from ..nodes import check_batch, check_boxes
 from ..ops import nonlocal_aggregate
 from ..ops.dispatch import KERNELS
@@ -300,13 +308,12 @@ class ObjectRelation(nn.Module):
         path, or ``None`` when the COO path serves better (many images, a sparse backend)."""
         if self.backend not in ("auto", "dense") or batch.numel() == 0:
             return None
-        counts = torch.bincount(batch)
-        if counts.shape[0] > DENSE_MAX_IMAGES:
+        _, order, counts = image_runs(batch)
+        if len(counts) > DENSE_MAX_IMAGES:
             return None
-        if batch.numel() > 1 and not bool((batch[1:] >= batch[:-1]).all()):
-            order = torch.argsort(batch, stable=True)
-            return [part for part in order.split(counts.tolist()) if part.numel()]
-        bounds = torch.cumsum(counts, 0).tolist()
+        if order is not None:
+            return [part for part in order.split(counts) if part.numel()]
+        bounds = list(itertools.accumulate(counts))
         starts = [0, *bounds[:-1]]
         return [slice(a, b) for a, b in zip(starts, bounds) if b > a]
 
@@ -320,8 +327,7 @@ class ObjectRelation(nn.Module):
             n = b.shape[0]
             bias = None
             if self.geo is not None:
-                ar = torch.arange(n, device=b.device)
-                pairs = torch.stack([ar.repeat(n), ar.repeat_interleave(n)])  # (key, query)
+                pairs = full_edge_index(n, n, b.device)  # query-major: views as (R_g, R_g)
                 bias = self._log_geometric_weight(b, pairs).view(n, n, -1).permute(2, 0, 1)
             parts.append(
                 nonlocal_aggregate(
@@ -346,11 +352,7 @@ class ObjectRelation(nn.Module):
             raise ValueError(
                 f"x: expected box features of shape (R, {self.in_channels}), got {describe(x)}"
             )
-        weight = self.value.weight
-        if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
-            raise TypeError(f"x: expected dtype {weight.dtype} (the module's), got {x.dtype}")
-        if x.device != weight.device:
-            raise ValueError(f"x: expected device {weight.device} (the module's), got {x.device}")
+        check_channels_dtype_device("x", x, self.in_channels, self.value.weight, "the module's")
         return x
 
     @staticmethod
