@@ -70,6 +70,7 @@ def test_bench_without_a_checkout_explains_how_to_run(capsys, monkeypatch, tmp_p
     assert "benchmarks/dense.py" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not BENCH.is_file(), reason="needs the source checkout's benchmarks/")
 def test_dense_benchmark_quick_writes_results(tmp_path):
     out = tmp_path / "dense.md"
@@ -88,6 +89,7 @@ def test_dense_benchmark_quick_writes_results(tmp_path):
     assert "NOT MEASURED" in text  # the targets need the full run
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not BENCH.is_file(), reason="needs the source checkout's benchmarks/")
 def test_cli_bench_forwards_flags(tmp_path):
     out = tmp_path / "dense.md"
@@ -149,6 +151,7 @@ def test_demo_sparse_small_map_knn16_is_exact(capsys):
     assert [c.strip() for c in row.split("|")][1] == "exact", row
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not GRAPHS_BENCH.is_file(), reason="needs the source checkout's benchmarks/")
 def test_graphs_benchmark_quick_writes_results(tmp_path):
     out = tmp_path / "graphs.md"

@@ -14,6 +14,7 @@ from nlgraph import NonLocalBlock2d, Pairwise, nonlocal_aggregate
 from nlgraph.graphs import KNN, COOGraph, Latent, RegularGraph, Window, knn
 from nlgraph.nn import GlobalReasoning, ObjectRelation
 from nlgraph.nodes import roi_features
+from nlgraph.ops import KERNELS, AggregateInputs
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -46,18 +47,26 @@ def _to(graph, device):
     return graph
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, F64])
+KERNEL_LIST = list(KERNELS.values())
+#: (mode, with edge_bias): edge_bias is an additive logit, so only a softmax mode takes one.
+MODE_BIAS = [
+    ("embedded_gaussian", False),
+    ("embedded_gaussian", True),
+    ("dot_product", False),
+    ("concatenation", False),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64], ids=["float32", "float64"])
 @pytest.mark.parametrize("kind", ["full", "regular", "coo"])
-@pytest.mark.parametrize("backend", ["dense", "regular", "coo", "csr"])
-@pytest.mark.parametrize("mode", ["embedded_gaussian", "dot_product", "concatenation"])
-@pytest.mark.parametrize("bias", [False, True])
-def test_kernels(dtype, kind, backend, mode, bias) -> None:
+@pytest.mark.parametrize("kernel", KERNEL_LIST, ids=[k.NAME for k in KERNEL_LIST])
+@pytest.mark.parametrize(
+    ("mode", "bias"), MODE_BIAS, ids=[m + ("-bias" if b else "") for m, b in MODE_BIAS]
+)
+def test_kernels(dtype, kind, kernel, mode, bias) -> None:
+    """Each registered kernel on CUDA against itself on the CPU, at its declared tolerance."""
     n, m = 40, 30
     graph = _graphs(n, m)[kind]
-    if (backend == "dense" and kind != "full") or (backend == "regular" and kind == "coo"):
-        pytest.skip("kernel does not take this graph")
-    if bias and mode != "embedded_gaussian":
-        pytest.skip("edge_bias needs a softmax mode")
     gen = torch.Generator().manual_seed(1)
     q, k, v = (torch.randn(2, s, 8, generator=gen, dtype=dtype) for s in (n, m, m))
     cw = torch.randn(16, generator=gen, dtype=dtype) if mode == "concatenation" else None
@@ -68,20 +77,31 @@ def test_kernels(dtype, kind, backend, mode, bias) -> None:
         [eb.requires_grad_(True)] if bias else []
     )
 
-    def run(device):
+    def inputs(device):
         ts = [t.detach().to(device).requires_grad_(True) for t in leaves]
         pwd = Pairwise(mode, scale=pw.scale, concat_weight=None if cw is None else cw.to(device))
-        y = nonlocal_aggregate(*ts[:3], pwd, graph=_to(graph, device), backend=backend,
-                               edge_bias=ts[3] if bias else None)  # fmt: skip
+        inp = AggregateInputs(*ts[:3], pwd, _to(graph, device),
+                              edge_bias=ts[3] if bias else None)  # fmt: skip
+        return ts, inp
+
+    for device in ("cpu", CUDA):
+        reasons = kernel.not_supported_reasons(inputs(device)[1])
+        if reasons:
+            pytest.skip(f"{kernel.NAME} on {device}: {'; '.join(reasons)}")
+
+    def run(device):
+        ts, inp = inputs(device)
+        y = nonlocal_aggregate(*ts[:3], inp.pairwise, graph=inp.graph, backend=kernel.NAME,
+                               edge_bias=inp.edge_bias)  # fmt: skip
         grads = torch.autograd.grad(y.square().sum(), ts)
         return y, grads
 
     y_cpu, g_cpu = run("cpu")
     y_gpu, g_gpu = run(CUDA)
-    tol = 1e-4 if dtype == torch.float32 else 1e-10
-    _close(y_gpu, y_cpu, tol)
+    atol, rtol = kernel.ATOL[dtype], kernel.RTOL[dtype]
+    torch.testing.assert_close(y_gpu.cpu(), y_cpu, atol=atol, rtol=rtol)
     for a, b in zip(g_gpu, g_cpu):
-        _close(a, b, tol)
+        torch.testing.assert_close(a.cpu(), b, atol=atol, rtol=rtol)
 
 
 @pytest.mark.parametrize("graph", ["full", "knn", "window", "latent"])

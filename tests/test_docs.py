@@ -14,6 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
+README = ROOT / "README.md"
 #: Pages whose ```python blocks are executed, each page in one namespace, in order.
 RUNNABLE_PAGES = (
     "index.md",
@@ -135,7 +136,8 @@ def test_public_classes_have_type_hints(entry) -> None:
     cls = entry.obj
     problems = {}
     init_owner = next(k for k in cls.__mro__ if "__init__" in k.__dict__)
-    if init_owner.__module__.startswith("nlgraph"):
+    protocol = getattr(cls, "_is_protocol", False)  # typing.Protocol's own placeholder __init__
+    if init_owner.__module__.startswith("nlgraph") and not protocol:
         bad = _unannotated(init_owner.__dict__["__init__"], skip_first=True)
         if bad:
             problems["__init__"] = bad
@@ -199,9 +201,9 @@ def test_links_resolve(page: str) -> None:
             assert anchor in dest_slugs, f"{page}: no heading for anchor #{anchor}"
 
 
-def _python_blocks(page: str) -> list[str]:
-    text = (DOCS / page).read_text()
-    return re.findall(r"^```python\n(.*?)^```", text, re.M | re.S)
+def _python_blocks(path: Path) -> list[str]:
+    """The ```python blocks of a Markdown file, in order."""
+    return re.findall(r"^```python\n(.*?)^```", path.read_text(), re.M | re.S)
 
 
 def _missing_requirements(block: str) -> list[str]:
@@ -213,19 +215,37 @@ def _missing_requirements(block: str) -> list[str]:
     return [n for n in names if importlib.util.find_spec(n) is None]
 
 
-@pytest.mark.parametrize("page", RUNNABLE_PAGES)
-def test_examples_run(page: str) -> None:
-    """Every ```python block of the page runs (in order, one namespace); a block whose first
+def _run_blocks(path: Path) -> None:
+    """Execute every ```python block of ``path`` in order, in one namespace; a block whose first
     line is ``# requires: pkg`` is skipped when ``pkg`` is not installed."""
-    blocks = _python_blocks(page)
-    assert blocks, f"{page} has no examples"
+    label = path.relative_to(ROOT).as_posix()
+    blocks = _python_blocks(path)
+    assert blocks, f"{label} has no examples"
     if any("from_reference" in b or "to_reference" in b for b in blocks):
         pytest.importorskip("nlgraph.compat")
-    namespace: dict[str, object] = {"__name__": f"docs_{page}"}
+    namespace: dict[str, object] = {"__name__": f"docs_{path.stem}"}
     for i, block in enumerate(blocks):
         if _missing_requirements(block):
             continue
         try:
-            exec(compile(block, f"docs/{page}[block {i}]", "exec"), namespace)
+            exec(compile(block, f"{label}[block {i}]", "exec"), namespace)
         except Exception as exc:  # pragma: no cover - the message is the point
-            raise AssertionError(f"docs/{page}, python block {i} failed: {exc!r}") from exc
+            raise AssertionError(f"{label}, python block {i} failed: {exc!r}") from exc
+
+
+@pytest.mark.parametrize("page", RUNNABLE_PAGES)
+def test_examples_run(page: str) -> None:
+    """Every ```python block of the page runs (in order, one namespace)."""
+    _run_blocks(DOCS / page)
+
+
+def test_readme_examples_run() -> None:
+    """The README's ```python blocks run as written, top to bottom, in one namespace."""
+    _run_blocks(README)
+
+
+def test_readme_bash_block_stays_first() -> None:
+    """The README opens with the ``make demo`` / ``make test`` bash block, not Python."""
+    first = re.search(r"^```(\w+)\n(.*?)^```", README.read_text(), re.M | re.S)
+    assert first is not None and first.group(1) == "bash"
+    assert "make demo" in first.group(2) and "make test" in first.group(2)

@@ -10,6 +10,7 @@ import torch
 
 from nlgraph.compat import LAYOUTS, from_reference, to_reference
 from nlgraph.nn import NonLocalBlock1d, NonLocalBlock2d, NonLocalBlock3d
+from tests.helpers import randomise_block_
 
 from .test_golden import ATOL, load_golden, reference_kwargs
 
@@ -318,8 +319,23 @@ def test_to_reference_biases_and_types() -> None:
         to_reference(torch.nn.Conv2d(1, 1, 1), "mmcv")
 
 
-def test_layouts_and_class_method_delegation() -> None:
-    assert LAYOUTS == ("alexhex7", "mmcv", "timm", "slowfast", "caffe2")
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_every_layout_round_trips_a_preset(layout: str) -> None:
+    """Each advertised layout writes its own preset's block and loads it back computing the
+    same outputs (random weights and BN statistics, float64, eval and train)."""
+    cls = NonLocalBlock3d if layout in ("slowfast", "caffe2") else NonLocalBlock2d
+    block = randomise_block_(cls.from_preset(layout, 8, dtype=torch.float64))
+    again = from_reference(to_reference(block, layout), layout)
+    assert type(again) is cls
+    x = torch.randn(2, 8, *((3, 4, 6) if cls is NonLocalBlock3d else (6, 7)), dtype=torch.float64)
+    for train in (False, True):
+        block.train(train)
+        again.train(train)
+        with torch.no_grad():
+            torch.testing.assert_close(again(x), block(x), atol=1e-12, rtol=1e-12)
+
+
+def test_class_method_delegation() -> None:
     state = mmcv_2d(mode="concatenation", sub_sample=True)
     block = NonLocalBlock2d.from_reference(state, "mmcv", mode="concatenation")
     assert type(block) is NonLocalBlock2d and block.sub_sample
