@@ -1,7 +1,7 @@
 """Exact k-NN graph builders: nlgraph's blocked builder against ``torch.cdist`` + ``topk``.
 
 For N in {4096, 8192, 16384, 32768, 65536} (d=64, k=16, float32, one graph, self-loops left
-out) this measures :func:`nlgraph.graphs.knn.knn_graph` (``backend="torch"``, default block
+out) this measures :func:`nlgraph.graphs.knn_graph` (``backend="torch"``, default block
 size: about a 16 MiB score buffer; and
 ``backend="faiss"`` when faiss is importable) and the all-pairs reference
 ``torch.cdist(x, x).topk(k + 1, largest=False)`` (skipped at N=65536, where its N×N matrix
@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
 
 from nlgraph._measure import memory_stats  # noqa: E402
-from nlgraph.graphs.knn import knn_graph  # noqa: E402
+from nlgraph.graphs.point_knn import knn_graph  # noqa: E402
 
 DIM, K = 64, 16
 SIZES = (4096, 8192, 16384, 32768, 65536)

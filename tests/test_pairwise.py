@@ -7,15 +7,26 @@ import math
 import pytest
 import torch
 
-from nlgraph.pairwise import MODES, SOFTMAX_MODES, Pairwise, resolve_scale
+from nlgraph.pairwise import MODES, SOFTMAX_MODES, Pairwise, edge_logits_backward, resolve_scale
 from tests.helpers import reference_aggregate, reference_scores, reference_weights
 
 F64 = torch.float64
 
 
-def test_mode_lists() -> None:
-    assert MODES == ("gaussian", "embedded_gaussian", "dot_product", "concatenation")
-    assert SOFTMAX_MODES == ("gaussian", "embedded_gaussian")
+@pytest.mark.parametrize("mode", MODES)
+def test_normaliser_and_edge_logits_follow_the_paper(mode: str) -> None:
+    """Softmax for the Gaussians, division by |N(i)| otherwise; the edge logits s·raw,
+    raw or ReLU(raw), and their gradient by autograd."""
+    pw = Pairwise(mode, scale=0.5, concat_weight=torch.ones(4, dtype=F64))
+    assert pw.normaliser == ("softmax" if mode in ("gaussian", "embedded_gaussian") else "mean")
+    assert pw.is_softmax == (mode in SOFTMAX_MODES)
+    raw = torch.tensor([-2.0, 0.5, 3.0], dtype=F64, requires_grad=True)
+    expected = {"concatenation": raw.relu(), "dot_product": raw}.get(mode, raw * 0.5)
+    got = pw.edge_logits(raw)
+    torch.testing.assert_close(got, expected)
+    grad = torch.tensor([1.0, -2.0, 3.0], dtype=F64)
+    (want,) = torch.autograd.grad(expected, raw, grad)
+    torch.testing.assert_close(edge_logits_backward(mode, pw.logit_scale, grad, raw), want)
 
 
 @pytest.mark.parametrize(

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
+import torch_geometric.transforms
 from torch import Tensor
 from torch_geometric.data import Batch, Data
 from torch_geometric.transforms import BaseTransform, Compose
@@ -90,6 +93,41 @@ def test_is_a_pyg_transform_with_pyg_repr() -> None:
     assert data.edge_index.tolist() == [[1, 2, 0, 2, 1, 0], [0, 0, 1, 1, 2, 2]]
 
 
+def test_signature_matches_pyg() -> None:
+    ours = inspect.signature(KNNGraph.__init__).parameters
+    pyg = inspect.signature(torch_geometric.transforms.KNNGraph.__init__).parameters
+    assert [(p.name, p.default, p.kind) for p in ours.values()] == [
+        (p.name, p.default, p.kind) for p in pyg.values()
+    ]
+    names = ["self", "k", "loop", "force_undirected", "flow", "cosine", "num_workers"]
+    assert list(ours) == names
+
+
+def test_num_workers_is_stored_and_changes_nothing() -> None:
+    assert KNNGraph().num_workers == 1
+    t = KNNGraph(3, True, False, "source_to_target", False, 4)  # PyG's positional order
+    assert (t.k, t.loop, t.num_workers) == (3, True, 4)
+    assert repr(t) == "KNNGraph(k=3)"  # PyG shows k only
+    pos = torch.randn(25, 2)
+    got = pairs(t(Data(pos=pos)).edge_index)
+    assert set(got) == reference_edges(pos, 3, True, False, False)
+    assert got == pairs(KNNGraph(3, loop=True)(Data(pos=pos)).edge_index)
+
+
+def test_int32_batch() -> None:
+    graphs = [Data(pos=torch.randn(n, 3)) for n in (9, 3, 14)]
+    batch = Batch.from_data_list(graphs)
+    batch.batch = batch.batch.int()
+    out = KNNGraph(k=4)(batch)
+    expected = set()
+    for g, start in zip(graphs, (0, 9, 12)):
+        expected |= {
+            (j + start, i + start) for j, i in reference_edges(g.pos, 4, False, False, False)
+        }
+    assert out.edge_index.dtype == torch.long
+    assert set(pairs(out.edge_index)) == expected
+
+
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
@@ -99,6 +137,8 @@ def test_is_a_pyg_transform_with_pyg_repr() -> None:
         ({"loop": "yes"}, TypeError, "^loop: "),
         ({"force_undirected": None}, TypeError, "^force_undirected: "),
         ({"cosine": 1}, TypeError, "^cosine: "),
+        ({"num_workers": 0}, ValueError, "^num_workers: expected a positive int, got 0$"),
+        ({"num_workers": "4"}, TypeError, "^num_workers: expected a positive int, got str"),
     ],
 )
 def test_constructor_errors(kwargs: dict, error: type[Exception], match: str) -> None:

@@ -152,7 +152,9 @@ def memory_stats(fn: Callable[[], Any], *, device: torch.device | str = "cpu") -
             prof.__exit__(None, None, None)
     wanted = device.type.upper()
     events = []
-    for order, event in enumerate(prof.profiler.kineto_results.events()):
+    # kineto's events carry nbytes() at run time; torch's stubs do not declare it.
+    results: Any = prof.profiler.kineto_results if prof.profiler is not None else None
+    for order, event in enumerate(results.events() if results is not None else []):
         if event.name() != "[memory]" or event.nbytes() == 0:
             continue
         if str(event.device_type()).rsplit(".", 1)[-1] != wanted:

@@ -21,12 +21,16 @@ compute the same function.
 from __future__ import annotations
 
 import copy
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .pairwise import MODES, SOFTMAX_MODES
+
+if TYPE_CHECKING:
+    from .nn.nonlocal_block import NonLocalBlockNd
 
 __all__ = ["NaiveNonLocal", "concat_tensor_bytes", "naive_from_block"]
 
@@ -153,7 +157,7 @@ class NaiveNonLocal(nn.Module):
         return w_y + x
 
 
-def naive_from_block(block: nn.Module, *, query_chunk: int | None = None) -> NaiveNonLocal:
+def naive_from_block(block: NonLocalBlockNd, *, query_chunk: int | None = None) -> NaiveNonLocal:
     """A :class:`NaiveNonLocal` computing the same function as an nlgraph non-local block.
 
     The block's θ, φ, g, :math:`W_z` and norm are deep-copied (weights, buffers, train/eval
@@ -176,7 +180,7 @@ def naive_from_block(block: nn.Module, *, query_chunk: int | None = None) -> Nai
     if block.graph != "full":
         raise NotImplementedError(f"block.graph: expected 'full', got {block.graph!r}")
     concat_weight = None
-    if block.mode == "concatenation":
+    if block.concat_project is not None:  # mode "concatenation"
         concat_weight = block.concat_project.weight.detach().reshape(-1).clone()
     pw = block.pairwise()
     naive = NaiveNonLocal(

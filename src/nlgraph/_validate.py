@@ -6,19 +6,28 @@ the public entry (module constructors, ``forward``, ``nonlocal_aggregate``), nev
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 from torch import Tensor
 
 __all__ = [
+    "NORMS",
+    "check_bool",
+    "check_async",
     "check_channels_dtype_device",
     "check_choice",
+    "check_edge_index",
     "check_float_tensor",
+    "check_index_range",
     "check_positive_int",
     "describe",
+    "resolve_flag",
 ]
+
+#: The ``norm`` options of the modules: a BatchNorm after W_z, or none.
+NORMS: tuple[Any, ...] = ("batch", None)
 
 
 def describe(t: Tensor) -> str:
@@ -32,6 +41,13 @@ def check_choice(name: str, value: Any, choices: Iterable[Any]) -> None:
     if value not in choices:
         listed = ", ".join(repr(c) for c in choices)
         raise ValueError(f"{name}: expected one of {listed}, got {value!r}")
+
+
+def check_bool(name: str, value: Any) -> bool:
+    """Return ``value``, raising ``TypeError`` unless it is a bool (not merely truthy)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name}: expected a bool, got {type(value).__name__} {value!r}")
+    return value
 
 
 def check_positive_int(name: str, value: Any) -> int:
@@ -72,3 +88,59 @@ def check_channels_dtype_device(
         raise ValueError(
             f"{name}: expected device {weight.device} ({owner} parameters), got {t.device}"
         )
+
+
+def check_edge_index(name: str, value: Any) -> Tensor:
+    """Return ``value`` if it is a (2, E) int64 tensor: ``TypeError`` for a non-tensor,
+    ``ValueError`` for another shape or dtype. The index values are not read (see
+    :func:`check_index_range`)."""
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{name}: expected a (2, E) int64 tensor, got {type(value).__name__}")
+    if value.dim() != 2 or value.shape[0] != 2 or value.dtype != torch.long:
+        raise ValueError(f"{name}: expected a (2, E) int64 tensor, got {describe(value)}")
+    return value
+
+
+def check_async(ok: Tensor, message: str, explain: Callable[[], Exception]) -> None:
+    """Raise ``explain()`` unless the 0-d bool tensor ``ok`` is True, without a host read.
+
+    The condition goes to ``torch._assert_async``: nothing is read back on the success path (no
+    synchronisation; ``torch.compile`` traces it). On CPU a failure raises at once, and
+    ``explain`` (called only then, free to read values) builds the detailed error; on CUDA the
+    failure is a device-side assertion carrying ``message``, reported asynchronously, as for
+    PyTorch's own index checks.
+    """
+    try:
+        torch._assert_async(ok, message)
+    except RuntimeError:
+        raise explain() from None
+
+
+def check_index_range(name: str, index: Tensor, size: int, hint: str = "") -> None:
+    """``IndexError`` unless every entry of ``index`` lies in [0, size), without a host read.
+
+    The check is :func:`check_async`: on the success path nothing is read back. On CPU a failure
+    raises here, as an IndexError quoting the valid interval, the values found and ``hint`` (e.g.
+    the likely cause); on CUDA it is a device-side assertion carrying the interval and ``hint``.
+    """
+    if index.numel() == 0:
+        return
+    low, high = torch.aminmax(index)
+    check_async(
+        (low >= 0) & (high < size),
+        f"{name}: expected indices in [0, {size}){hint}",
+        lambda: IndexError(
+            f"{name}: expected indices in [0, {size}), got values in [{int(low)}, {int(high)}]"
+            f"{hint}"
+        ),
+    )
+
+
+def resolve_flag(name: str, given: Any, encoded: Any, default: Any, evidence: str) -> Any:
+    """The value of a flag that the data may encode (``encoded``, ``None`` if it does not):
+    ``given`` or ``default`` then; ``ValueError`` if ``given`` contradicts ``evidence``."""
+    if encoded is None:
+        return default if given is None else given
+    if given is not None and given != encoded:
+        raise ValueError(f"{name}: expected {encoded!r} ({evidence}), got {given!r}")
+    return encoded

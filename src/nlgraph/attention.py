@@ -79,15 +79,16 @@ class Attention:
             return self._dense
         b, n, m = self._shape
         if self._coo is not None:
-            graph, w = self._coo
-            src, dst = graph.edge_index
+            coo, w = self._coo
+            src, dst = coo.edge_index
             out = w.new_zeros(b, n * m)
             return out.index_add_(1, dst * m + src, w).view(b, n, m)
-        graph, w = self._regular
-        if graph.mask is not None:
-            w = w.masked_fill(~graph.mask, 0.0)
+        assert self._regular is not None
+        regular, w = self._regular
+        if regular.mask is not None:
+            w = w.masked_fill(~regular.mask, 0.0)
         out = w.new_zeros(b, n, m)
-        return out.scatter_add_(2, graph.index.expand(b, -1, -1), w)
+        return out.scatter_add_(2, regular.index.expand(b, -1, -1), w)
 
     def edges(self, sample: int = 0) -> tuple[Tensor, Tensor]:
         """``(edge_index (2, E), weights (E,))`` of one sample of the batch."""
@@ -97,14 +98,15 @@ class Attention:
         if self._dense is not None:
             return self._full_edge_index(), self._dense[sample].reshape(-1)
         if self._coo is not None:
-            graph, w = self._coo
-            return graph.edge_index, w[sample]
-        graph, w = self._regular
-        g = 0 if graph.index.shape[0] == 1 else sample
+            coo, w = self._coo
+            return coo.edge_index, w[sample]
+        assert self._regular is not None
+        regular, w = self._regular
+        g = 0 if regular.index.shape[0] == 1 else sample
         w = w[sample].reshape(-1)
-        if graph.mask is not None:
-            w = w[graph.mask[g].reshape(-1)]
-        return graph.to_coo(g).edge_index, w
+        if regular.mask is not None:
+            w = w[regular.mask[g].reshape(-1)]
+        return regular.to_coo(g).edge_index, w
 
     @property
     def edge_index(self) -> Tensor:

@@ -25,7 +25,7 @@ import torch
 from . import __version__
 from ._measure import format_bytes, format_seconds, median_time, peak_memory
 from ._naive import concat_tensor_bytes, naive_from_block
-from .graphs import KNN, Window
+from .graphs import KNN, GraphSpec, Window
 from .nn import NonLocalBlock2d
 from .pairwise import MODES
 
@@ -200,7 +200,7 @@ def demo_sparse(size: int, channels: int, warmup: int, repeat: int, seed: int) -
     torch.manual_seed(seed)
     dense = NonLocalBlock2d(channels, inter, sub_sample=False, zero_init=False).eval()
     x = torch.randn(1, channels, size, size)
-    graphs: list[tuple[str, object, bool]] = [
+    graphs: list[tuple[str, str | GraphSpec, bool]] = [
         ("full", "full", True), (f"KNN({n}) (k >= N')", KNN(n), True),
         ("KNN(16)", KNN(16), n <= 16), ("Window(2)", Window(2), size <= 3),
     ]  # fmt: skip

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._validate import check_float_tensor, describe
+from ._validate import check_async, check_float_tensor, describe
 
 __all__ = ["check_batch", "check_boxes", "roi_features"]
 
@@ -32,7 +32,9 @@ def check_boxes(boxes: Tensor, name: str = "boxes") -> Tensor:
 
     A valid box set is a floating-point ``(R, 4)`` tensor (``R = 0`` allowed) of finite
     coordinates with :math:`x_1 \le x_2` and :math:`y_1 \le y_2` in every row; zero-width and
-    zero-height boxes are allowed. Reading the values costs one host synchronisation.
+    zero-height boxes are allowed. The values are checked without a host read
+    (:func:`nlgraph._validate.check_async`): on CPU a bad box raises here with the first bad row
+    quoted; on CUDA it is a device-side assertion.
 
     Args:
         boxes (Tensor): the boxes, one ``(x1, y1, x2, y2)`` row per box.
@@ -65,25 +67,32 @@ def check_boxes(boxes: Tensor, name: str = "boxes") -> Tensor:
     with torch.no_grad():
         nonfinite = ~torch.isfinite(boxes).all(dim=1)
         inverted = (boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])
-        any_nonfinite, any_inverted = torch.stack([nonfinite.any(), inverted.any()]).tolist()
-        if any_nonfinite:
-            i = int(nonfinite.nonzero()[0, 0])
-            raise ValueError(f"{name}: expected finite coordinates, got row {i} {_row(boxes, i)}")
-        if any_inverted:
-            i = int(inverted.nonzero()[0, 0])
-            which = " and ".join(
-                w
-                for w, bad in (
-                    ("x2 < x1", bool(boxes[i, 2] < boxes[i, 0])),
-                    ("y2 < y1", bool(boxes[i, 3] < boxes[i, 1])),
-                )
-                if bad
-            )
-            raise ValueError(
-                f"{name}: expected x1 <= x2 and y1 <= y2 in every row, "
-                f"got row {i} {_row(boxes, i)} with {which}"
-            )
+        check_async(
+            ~(nonfinite | inverted).any(),
+            f"{name}: expected finite (x1, y1, x2, y2) rows with x1 <= x2 and y1 <= y2",
+            lambda: _box_error(name, boxes, nonfinite, inverted),
+        )
     return boxes
+
+
+def _box_error(name: str, boxes: Tensor, nonfinite: Tensor, inverted: Tensor) -> ValueError:
+    """The error quoting the first bad row (the failure path: it reads the values)."""
+    if bool(nonfinite.any()):
+        i = int(nonfinite.nonzero()[0, 0])
+        return ValueError(f"{name}: expected finite coordinates, got row {i} {_row(boxes, i)}")
+    i = int(inverted.nonzero()[0, 0])
+    which = " and ".join(
+        w
+        for w, bad in (
+            ("x2 < x1", bool(boxes[i, 2] < boxes[i, 0])),
+            ("y2 < y1", bool(boxes[i, 3] < boxes[i, 1])),
+        )
+        if bad
+    )
+    return ValueError(
+        f"{name}: expected x1 <= x2 and y1 <= y2 in every row, "
+        f"got row {i} {_row(boxes, i)} with {which}"
+    )
 
 
 def check_batch(
@@ -97,7 +106,9 @@ def check_batch(
     r"""Check a per-box image-index vector and return it as an int64 ``(R,)`` tensor on ``device``.
 
     ``batch[r]`` is the index of the image box ``r`` belongs to (PyG's ``batch`` convention; it
-    need not be sorted). ``None`` means every box is in image 0 and returns zeros.
+    need not be sorted). ``None`` means every box is in image 0 and returns zeros. The values
+    are checked without a host read (an error is raised at once on CPU, as a device-side
+    assertion on CUDA).
 
     Args:
         batch (Tensor, optional): int64 image index of each box, or ``None``.
@@ -139,19 +150,24 @@ def check_batch(
     batch = batch.to(device)
     if num_boxes == 0:
         return batch
-    lo, hi = torch.stack([batch.min(), batch.max()]).tolist()
-    if lo < 0:
+    lo, hi = torch.aminmax(batch)
+    ok = lo >= 0 if num_images is None else (lo >= 0) & (hi < num_images)
+    check_async(ok, f"{name}: expected image indices in [0, {num_images or 'inf'})",
+                lambda: _batch_error(name, batch, num_images))  # fmt: skip
+    return batch
+
+
+def _batch_error(name: str, batch: Tensor, num_images: int | None) -> Exception:
+    """The error quoting the first bad index (the failure path: it reads the values)."""
+    if bool((batch < 0).any()):
         i = int((batch < 0).nonzero()[0, 0])
-        raise ValueError(
+        return ValueError(
             f"{name}: expected non-negative image indices, got {int(batch[i])} at position {i}"
         )
-    if num_images is not None and hi >= num_images:
-        i = int((batch >= num_images).nonzero()[0, 0])
-        raise IndexError(
-            f"{name}: expected image indices in [0, {num_images}), "
-            f"got {int(batch[i])} at position {i}"
-        )
-    return batch
+    i = int((batch >= (num_images or 0)).nonzero()[0, 0])
+    return IndexError(
+        f"{name}: expected image indices in [0, {num_images}), got {int(batch[i])} at position {i}"
+    )
 
 
 def _output_size(value: object) -> tuple[int, int]:

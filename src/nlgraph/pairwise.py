@@ -19,7 +19,11 @@ mode                   :math:`f(q_i, k_j)`                         :math:`C_i`
 
 On the full graph :math:`|N(i)| = N'`, the number of keys after sub-sampling, which is what
 every public implementation divides by. Kernels (:mod:`nlgraph.ops.kernels`) only enumerate
-edges; this module knows the formulas.
+edges and pair their operands: the *raw interaction* of an edge is :math:`q_i \cdot k_j`, or
+:math:`a_i + b_j` for concatenation (:meth:`Pairwise.operands` gives the scalar halves
+:math:`a_i = u\cdot\theta_i`, :math:`b_j = w\cdot\phi_j`). This module turns raw interactions
+into edge logits (:func:`edge_logits`) and names the normaliser (:attr:`Pairwise.normaliser`);
+the normalisation itself is the one shared primitive of ``nlgraph.ops._segment``.
 """
 
 from __future__ import annotations
@@ -32,12 +36,50 @@ from torch import Tensor
 
 from ._validate import check_choice
 
-__all__ = ["MODES", "SOFTMAX_MODES", "Pairwise", "check_scale_mode", "resolve_scale"]
+__all__ = [
+    "MODES",
+    "SOFTMAX_MODES",
+    "Pairwise",
+    "check_scale_mode",
+    "edge_logits",
+    "edge_logits_backward",
+    "normaliser",
+    "resolve_scale",
+]
 
 #: The four pairwise functions, in the paper's order.
 MODES: tuple[str, ...] = ("gaussian", "embedded_gaussian", "dot_product", "concatenation")
 #: Modes normalised by a softmax over the neighbours (the others divide by the neighbour count).
 SOFTMAX_MODES: tuple[str, ...] = ("gaussian", "embedded_gaussian")
+
+
+def normaliser(mode: str) -> str:
+    """``"softmax"`` for the Gaussian modes, ``"mean"`` (division by |N(i)|) for the others."""
+    return "softmax" if mode in SOFTMAX_MODES else "mean"
+
+
+def edge_logits(mode: str, scale: float, raw: Tensor) -> Tensor:
+    r"""Edge scores from raw interactions, any shape.
+
+    ``raw`` is :math:`q_i\cdot k_j` (:math:`a_i + b_j` for concatenation); the result is
+    :math:`s \cdot raw` (softmax modes; ``scale`` = s), :math:`raw` (dot product) or
+    :math:`\mathrm{ReLU}(raw)` (concatenation).
+    """
+    if mode == "concatenation":
+        return torch.relu(raw)
+    if mode in SOFTMAX_MODES and scale != 1.0:
+        return raw * scale
+    return raw
+
+
+def edge_logits_backward(mode: str, scale: float, grad: Tensor, raw: Tensor) -> Tensor:
+    """The gradient of :func:`edge_logits` with respect to ``raw``, given ``grad`` of its output
+    (the ReLU's derivative at 0 is taken as 0)."""
+    if mode == "concatenation":
+        return grad * (raw > 0).to(grad.dtype)
+    if mode in SOFTMAX_MODES and scale != 1.0:
+        return grad * scale
+    return grad
 
 
 def resolve_scale(scale: str | float | None, in_channels: int, inter_channels: int) -> float:
@@ -112,11 +154,32 @@ class Pairwise:
         """True for the two Gaussian modes (softmax normaliser), False for the count modes."""
         return self.mode in SOFTMAX_MODES
 
+    @property
+    def normaliser(self) -> str:
+        """``"softmax"`` or ``"mean"``: how the edge logits of a query are normalised."""
+        return normaliser(self.mode)
+
+    @property
+    def logit_scale(self) -> float:
+        """The factor on the raw logits: ``scale`` for the softmax modes, 1 otherwise."""
+        return self.scale if self.is_softmax else 1.0
+
     def concat_terms(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
         r"""The two halves :math:`a_i = u\cdot q_i` (B, N) and :math:`b_j = w\cdot k_j` (B, N')."""
         assert self.concat_weight is not None  # guaranteed by __post_init__
         u, w = self.concat_weight.to(q.dtype).chunk(2)
         return q @ u, k @ w
+
+    def operands(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
+        """What the kernels pair on each edge: ``(q, k)``, or for concatenation the scalar
+        halves ``(a, b)`` of :meth:`concat_terms` (their raw interaction is a sum, not a dot)."""
+        if self.mode == "concatenation":
+            return self.concat_terms(q, k)
+        return q, k
+
+    def edge_logits(self, raw: Tensor) -> Tensor:
+        """:func:`edge_logits` with this pairwise function's mode and scale."""
+        return edge_logits(self.mode, self.logit_scale, raw)
 
     def dense_scores(self, q: Tensor, k: Tensor) -> Tensor:
         r"""All-pairs scores before normalisation, (B, N, N').
@@ -127,14 +190,12 @@ class Pairwise:
         """
         if self.mode == "concatenation":
             a, b = self.concat_terms(q, k)
-            return torch.relu(a.unsqueeze(-1) + b.unsqueeze(-2))
-        scores = q @ k.transpose(-1, -2)
-        if self.is_softmax and self.scale != 1.0:
-            scores = scores * self.scale
-        return scores
+            return self.edge_logits(a.unsqueeze(-1) + b.unsqueeze(-2))
+        return self.edge_logits(q @ k.transpose(-1, -2))
 
     def normalise_dense(self, scores: Tensor) -> Tensor:
-        """Normalise all-pairs scores over the keys (last axis): softmax, or division by N'."""
-        if self.is_softmax:
-            return torch.softmax(scores, dim=-1)
-        return scores / scores.shape[-1]
+        """Normalise all-pairs scores over the keys (last axis): softmax, or division by N'
+        (the shared normalisation of ``nlgraph.ops._segment``; an all -inf row gives zeros)."""
+        from .ops._segment import normalise_rows  # ops imports this module
+
+        return normalise_rows(self.normaliser, scores)

@@ -1,27 +1,19 @@
 r"""PyG transforms built on nlgraph's builders (no pyg-lib needed).
 
 :class:`KNNGraph` takes the arguments of ``torch_geometric.transforms.KNNGraph`` and gives the
-same graph, built with the exact blocked :func:`nlgraph.graphs.knn.knn_graph`.
+same graph, built with the exact blocked :func:`nlgraph.graphs.knn_graph`.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 from torch_geometric.data import Data
 from torch_geometric.transforms import BaseTransform
 from torch_geometric.utils import to_undirected
 
-from ._validate import check_choice, check_positive_int
-from .graphs.knn import FLOWS, knn_graph
+from ._validate import check_bool, check_choice, check_positive_int
+from .graphs.point_knn import FLOWS, knn_graph
 
 __all__ = ["KNNGraph"]
-
-
-def _check_bool(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name}: expected a bool, got {type(value).__name__} {value!r}")
-    return value
 
 
 class KNNGraph(BaseTransform):
@@ -42,6 +34,9 @@ class KNNGraph(BaseTransform):
         flow (str, optional): ``"source_to_target"`` (every target gets k sources) or
             ``"target_to_source"``. (default: ``"source_to_target"``)
         cosine (bool, optional): rank by cosine distance. (default: ``False``)
+        num_workers (int, optional): PyG's CPU worker count, accepted for compatibility and
+            stored as ``self.num_workers``: a positive int with no other effect (the search
+            uses torch's intra-op threads; see :func:`nlgraph.graphs.knn`). (default: ``1``)
 
     Example:
         >>> import torch
@@ -59,13 +54,15 @@ class KNNGraph(BaseTransform):
         force_undirected: bool = False,
         flow: str = "source_to_target",
         cosine: bool = False,
+        num_workers: int = 1,
     ) -> None:
         self.k = check_positive_int("k", k)
-        self.loop = _check_bool("loop", loop)
-        self.force_undirected = _check_bool("force_undirected", force_undirected)
+        self.loop = check_bool("loop", loop)
+        self.force_undirected = check_bool("force_undirected", force_undirected)
         check_choice("flow", flow, FLOWS)
         self.flow = flow
-        self.cosine = _check_bool("cosine", cosine)
+        self.cosine = check_bool("cosine", cosine)
+        self.num_workers = check_positive_int("num_workers", num_workers)
 
     def forward(self, data: Data) -> Data:
         """Return ``data`` with ``edge_index`` built from ``pos`` and ``edge_attr = None``."""
@@ -73,7 +70,13 @@ class KNNGraph(BaseTransform):
         if pos is None:
             raise ValueError("data.pos: expected a (num_nodes, D) float tensor, got None")
         edge_index = knn_graph(
-            pos, self.k, data.batch, loop=self.loop, flow=self.flow, cosine=self.cosine
+            pos,
+            self.k,
+            data.batch,
+            loop=self.loop,
+            flow=self.flow,
+            cosine=self.cosine,
+            num_workers=self.num_workers,
         )
         if self.force_undirected:
             edge_index = to_undirected(edge_index, num_nodes=data.num_nodes)

@@ -9,7 +9,15 @@ import pytest
 import torch
 
 from nlgraph import NonLocalBlock1d, NonLocalBlock2d, NonLocalBlock3d
-from nlgraph.graphs import KNN, TemporalGroups, Window
+from nlgraph.graphs import (
+    KNN,
+    EdgeIndex,
+    GraphContext,
+    GraphSpec,
+    RegularGraph,
+    TemporalGroups,
+    Window,
+)
 from tests.helpers import (
     DEFAULT_POOL,
     MODES,
@@ -178,32 +186,79 @@ def test_graph_errors_and_repr():
         NonLocalBlock2d(8, graph="knn")
     with pytest.raises(ValueError, match=r"^graph: expected a 3-D block for TemporalGroups"):
         NonLocalBlock2d(8, graph=TemporalGroups(2))
-    with pytest.raises(ValueError, match=r"^graph: expected an int64 edge_index of shape \(2, E\)"):
+    with pytest.raises(ValueError, match=r"^graph: expected a \(2, E\) int64 tensor"):
         NonLocalBlock2d(8, graph=torch.zeros(3, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"^graph: expected a \(2, E\) int64 tensor"):
+        NonLocalBlock2d(8, graph=torch.zeros(2, 4))
     with pytest.raises(ValueError, match=r"^k: expected a positive int"):
         KNN(0)
     assert NonLocalBlock2d(8, graph=KNN(16)).extra_repr() == "8, 4, graph=KNN(k=16)"
     ei = torch.zeros(2, 5, dtype=torch.long)
-    assert NonLocalBlock2d(8, graph=ei).extra_repr() == "8, 4, graph=edge_index(E=5)"
+    assert NonLocalBlock2d(8, graph=ei).extra_repr() == "8, 4, graph=EdgeIndex(E=5)"
+    assert NonLocalBlock2d(8, graph=EdgeIndex(ei)).extra_repr() == "8, 4, graph=EdgeIndex(E=5)"
     assert (
         NonLocalBlock2d(8, graph=Window(2, 2), backend="coo").extra_repr()
         == "8, 4, graph=Window(radius=2, dilation=2), backend=coo"
     )
 
 
-def test_knn_reuse_shares_one_graph_until_reset():
-    spec = KNN(5, reuse=True)
-    assert repr(spec) == "KNN(k=5, reuse=True)"
-    a = _block(2, "dot_product", False, graph=spec)
-    b = _block(2, "dot_product", False, graph=spec)
-    x = _x(2)
-    qa, ka, _ = a.embed(x)
-    first = a.build_graph(x, qa, ka)
-    assert b.build_graph(x, *b.embed(x)[:2]) is first  # b reuses a's graph
-    # b's output equals the reference restricted to a's neighbours
-    _check(b, x, _mask_of(first))
-    spec.reset()
-    qb, kb, _ = b.embed(x)
-    rebuilt = b.build_graph(x, qb, kb)
-    assert rebuilt is not first
-    assert torch.equal(_mask_of(rebuilt), _knn_mask(5, "logit")(qb, kb))
+def test_knn_reuse_is_gone_and_graphs_are_never_stale():
+    """A KNN spec keeps nothing between calls: a new batch of the same shape gets its own
+    graph; sharing one graph is explicit (build_graph + forward(graph=...))."""
+    with pytest.raises(ValueError, match=r"^reuse: expected False .* block.build_graph\(x\)"):
+        KNN(5, reuse=True)
+    a = _block(2, "dot_product", False, graph=KNN(5))
+    b = _block(2, "dot_product", False, graph=KNN(5))
+    x1, x2 = _x(2), _x(2)
+    g1 = a.build_graph(x1)
+    g2 = a.build_graph(x2)
+    assert not torch.equal(g1.index, g2.index)  # same shape, different data: a new graph
+    q2, k2, _ = a.embed(x2)
+    assert torch.equal(_mask_of(g2), _knn_mask(5, "logit")(q2, k2))
+    # Sharing is visible: b runs on a's graph only when it is handed over.
+    _check(b, x1, _knn_mask(5, "logit")(*b.embed(x1)[:2]))
+    b.eval()
+    z = b(x1, graph=g1)
+    z_ref, _ = reference_block(x1, **block_reference_args(b), mask=_mask_of(g1))
+    torch.testing.assert_close(z, z_ref, atol=1e-10, rtol=1e-10)
+
+
+def test_edge_index_over_positions_with_sub_sample_names_the_pooling():
+    """A natural position-level edge_index on a sub-sampling block fails with an error that
+    names the key space, sub_sample and the fix."""
+    n = 8 * 8
+    ei = torch.stack([torch.arange(n), torch.arange(n)])  # every position to itself
+    block = NonLocalBlock2d(4, graph=ei)  # sub_sample=True: 16 pooled keys
+    with pytest.raises(IndexError) as err:
+        block(torch.randn(1, 4, 8, 8))
+    msg = str(err.value)
+    assert msg.startswith(
+        "edge_index[0] (keys): expected indices in [0, 16), got values in [0, 63]"
+    )
+    assert "sub_sample" in msg and "pool_size (2, 2)" in msg and "sub_sample=False" in msg
+    fixed = NonLocalBlock2d(4, graph=ei, sub_sample=False)
+    assert fixed(torch.randn(1, 4, 8, 8)).shape == (1, 4, 8, 8)
+    with pytest.raises(IndexError) as err:  # no pooling: no pooling hint
+        fixed(torch.randn(1, 4, 6, 6))
+    assert (
+        str(err.value) == "edge_index[0] (keys): expected indices in [0, 36), got values in [0, 63]"
+    )
+    queries_only = torch.stack([torch.zeros(n, dtype=torch.long), torch.arange(n)])
+    with pytest.raises(
+        IndexError, match=r"^edge_index\[1\] \(queries\): expected indices in \[0, 36\)"
+    ):
+        NonLocalBlock2d(4, graph=queries_only, sub_sample=False)(torch.randn(1, 4, 6, 6))
+
+
+def test_custom_graph_spec_needs_no_module_change():
+    """Any GraphSpec subclass plugs into the blocks: here each query sees its own key cell."""
+
+    class Diagonal(GraphSpec):
+        def build(self, ctx: GraphContext):
+            i = torch.arange(ctx.num_queries, device=ctx.device)
+            return RegularGraph((i % ctx.num_keys).view(1, -1, 1), ctx.num_keys)
+
+    block = _block(1, "embedded_gaussian", False, graph=Diagonal())
+    x = _x(1)
+    mask = torch.eye(9, dtype=torch.bool)
+    _check(block, x, mask)

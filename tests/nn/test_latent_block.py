@@ -1,4 +1,4 @@
-r"""Non-local blocks with ``graph=Latent(M)`` (GloRe-style latent keys and values) against an fp64
+r"""Non-local blocks with ``latent=Latent(M)`` (GloRe-style latent keys and values) against an fp64
 reference written from the equations
 
 .. math::
@@ -34,7 +34,7 @@ SHAPES = {1: (9,), 2: (5, 6), 3: (2, 4, 5)}
 
 def _block(dims: int, mode: str = "embedded_gaussian", m: int = 3, normalize: bool = True, **kw):
     block = BLOCKS[dims](6, 4, mode=mode, zero_init=False, dtype=F64,
-                         graph=Latent(m, normalize=normalize), **kw)  # fmt: skip
+                         latent=Latent(m, normalize=normalize), **kw)  # fmt: skip
     return randomise_block_(block)
 
 
@@ -63,7 +63,7 @@ def reference_latent_block(x: torch.Tensor, block) -> tuple[torch.Tensor, torch.
         query, key = flat(proj("theta", x)), flat(keys_side(proj("phi", x_kv)))
     weights_b = flat(keys_side(proj("latent_proj", x_kv)))  # (B, N', M)
     n_keys, m = weights_b.shape[1], weights_b.shape[2]
-    scale = n_keys if block.graph.normalize else 1
+    scale = n_keys if block.latent.normalize else 1
     # Latent node m = sum over key positions j of B_jm * (key_j, value_j): explicit loop over m.
     key_l = torch.stack([(weights_b[:, :, i, None] * key).sum(1) for i in range(m)], 1) / scale
     val_l = torch.stack([(weights_b[:, :, i, None] * value).sum(1) for i in range(m)], 1) / scale
@@ -120,7 +120,7 @@ def test_softmax_rows_over_latent_nodes():
 
 def test_gradcheck():
     torch.manual_seed(3)
-    block = BLOCKS[2](3, 2, graph=Latent(2), zero_init=False, dtype=F64)
+    block = BLOCKS[2](3, 2, latent=Latent(2), zero_init=False, dtype=F64)
     randomise_block_(block).train()
     x = torch.randn(2, 3, 4, 4, dtype=F64, requires_grad=True)
     names = [n for n, _ in block.named_parameters()]
@@ -134,21 +134,21 @@ def test_gradcheck():
 def test_latent_proj_only_with_latent_graph():
     plain = BLOCKS[2](8)
     knn = BLOCKS[2](8, graph=KNN(4))
-    latent = BLOCKS[2](8, graph=Latent(16))
+    latent = BLOCKS[2](8, latent=Latent(16))
     assert plain.latent_proj is None and knn.latent_proj is None
     assert set(plain.state_dict()) == set(knn.state_dict())
     extra = set(latent.state_dict()) - set(plain.state_dict())
     assert extra == {"latent_proj.weight", "latent_proj.bias"}
     assert latent.latent_proj.weight.shape == (16, 8, 1, 1)
-    assert BLOCKS[3](8, graph=Latent(4)).latent_proj.weight.shape == (4, 8, 1, 1, 1)
-    assert latent.extra_repr() == "8, 4, graph=Latent(num_nodes=16)"
-    assert "normalize=False" in BLOCKS[1](8, graph=Latent(2, normalize=False)).extra_repr()
+    assert BLOCKS[3](8, latent=Latent(4)).latent_proj.weight.shape == (4, 8, 1, 1, 1)
+    assert latent.extra_repr() == "8, 4, latent=Latent(num_nodes=16)"
+    assert "normalize=False" in BLOCKS[1](8, latent=Latent(2, normalize=False)).extra_repr()
     assert latent.build_graph(torch.randn(1, 8, 4, 4), torch.randn(1, 16, 4),
                               torch.randn(1, 16, 4)) == "full"  # fmt: skip
 
 
 def test_zero_init_is_identity():
-    block = BLOCKS[2](8, graph=Latent(4))
+    block = BLOCKS[2](8, latent=Latent(4))
     x = torch.randn(2, 8, 6, 6)
     assert torch.equal(block(x), x)
 
@@ -156,7 +156,7 @@ def test_zero_init_is_identity():
 @pytest.mark.parametrize("weight_init", ["normal", "kaiming", "mmcv"])
 def test_weight_init_reaches_latent_proj(weight_init):
     torch.manual_seed(4)
-    block = BLOCKS[2](8, graph=Latent(4), weight_init=weight_init)
+    block = BLOCKS[2](8, latent=Latent(4), weight_init=weight_init)
     assert torch.count_nonzero(block.latent_proj.bias) == 0
 
 
@@ -183,7 +183,7 @@ def test_project_shape_errors():
 
 
 def test_block_input_errors():
-    block = BLOCKS[2](8, graph=Latent(4))
+    block = BLOCKS[2](8, latent=Latent(4))
     with pytest.raises(ValueError, match=r"^x: expected 8 channels"):
         block(torch.randn(2, 5, 6, 6))
     with pytest.raises(ValueError, match=r"^x: expected a 4-D tensor"):
@@ -196,7 +196,7 @@ def test_large_map_is_linear_in_positions():
     """N = 65536 queries, M = 16 latent keys: the (B, N, M) weights, never an (N, N') matrix."""
     torch.manual_seed(5)
     n_side, m = 256, 16
-    block = BLOCKS[2](8, graph=Latent(m), sub_sample=False).eval()
+    block = BLOCKS[2](8, latent=Latent(m), sub_sample=False).eval()
     x = torch.randn(1, 8, n_side, n_side)
     with torch.no_grad(), torch.profiler.profile(profile_memory=True) as prof:
         z, attn = block(x, return_attention=True)
@@ -213,6 +213,25 @@ def test_to_reference_refuses_a_latent_block() -> None:
     from nlgraph.graphs import Latent
     from nlgraph.nn import NonLocalBlock2d
 
-    block = NonLocalBlock2d(16, graph=Latent(4))
-    with pytest.raises(ValueError, match=r"cannot express graph=Latent"):
+    block = NonLocalBlock2d(16, latent=Latent(4))
+    with pytest.raises(ValueError, match=r"cannot express latent=Latent"):
         to_reference(block, "mmcv")
+
+
+def test_graph_latent_is_deprecated_and_means_latent():
+    """``graph=Latent(M)`` still builds the same block (same parameters, same output), with a
+    DeprecationWarning; a latent block takes no other graph."""
+    torch.manual_seed(3)
+    new = BLOCKS[2](8, latent=Latent(4), zero_init=False)
+    with pytest.warns(DeprecationWarning, match=r"graph=Latent\(M\) is deprecated.*latent=Latent"):
+        old = BLOCKS[2](8, graph=Latent(4), zero_init=False)
+    old.load_state_dict(new.state_dict())
+    x = torch.randn(2, 8, 6, 6)
+    assert torch.equal(old.eval()(x), new.eval()(x))
+    assert (
+        old.extra_repr() == new.extra_repr() == "8, 4, zero_init=False, latent=Latent(num_nodes=4)"
+    )
+    with pytest.raises(ValueError, match=r"^graph: expected 'full' with latent=Latent"):
+        BLOCKS[2](8, graph=KNN(4), latent=Latent(4))
+    with pytest.raises(TypeError, match=r"^latent: expected None or a Latent, got int"):
+        BLOCKS[2](8, latent=4)

@@ -90,8 +90,8 @@ def test_random_graph_equals_masked_reference(mode: str) -> None:
     expected, weights = reference_conv(conv, x, x, edges)
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-10)
     assert torch.equal(ei, edges)
-    assert alpha.shape == (edges.shape[1],)
-    torch.testing.assert_close(alpha, weights[edges[1], edges[0]], rtol=0, atol=1e-12)
+    assert alpha.shape == (edges.shape[1], 1)  # PyG's (E, heads)
+    torch.testing.assert_close(alpha[:, 0], weights[edges[1], edges[0]], rtol=0, atol=1e-12)
     # the node without incoming edges: y = 0, so out = x + b_z
     torch.testing.assert_close(out[0], x[0] + conv.w_z.bias, rtol=0, atol=1e-12)
 
@@ -105,7 +105,7 @@ def test_bipartite(mode: str) -> None:
     expected, weights = reference_conv(conv, x_src, x_dst, edges)
     assert out.shape == (4, C)
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-10)
-    torch.testing.assert_close(alpha, weights[edges[1], edges[0]], rtol=0, atol=1e-12)
+    torch.testing.assert_close(alpha[:, 0], weights[edges[1], edges[0]], rtol=0, atol=1e-12)
 
 
 def test_equals_transformer_conv() -> None:
@@ -125,7 +125,8 @@ def test_equals_transformer_conv() -> None:
     torch.testing.assert_close(out[:, :CI], y_tc, rtol=0, atol=1e-10)
     torch.testing.assert_close(out[:, CI:], torch.zeros(10, C - CI, dtype=DT))
     assert torch.equal(ei, ei_tc)
-    torch.testing.assert_close(alpha, alpha_tc.reshape(-1), rtol=0, atol=1e-12)
+    assert alpha.shape == alpha_tc.shape == (edges.shape[1], 1)  # same layout as PyG's
+    torch.testing.assert_close(alpha, alpha_tc, rtol=0, atol=1e-12)
 
 
 def test_attention_only_when_truthy() -> None:
@@ -141,7 +142,7 @@ def test_empty_graph_is_identity() -> None:
     x = torch.randn(5, C, dtype=DT)
     out, (ei, alpha) = conv(x, torch.empty(2, 0, dtype=torch.long), return_attention_weights=True)
     torch.testing.assert_close(out, x, rtol=0, atol=0)
-    assert ei.shape == (2, 0) and alpha.shape == (0,)
+    assert ei.shape == (2, 0) and alpha.shape == (0, 1)
 
 
 def test_sparse_adjacency_equals_edge_index() -> None:

@@ -201,7 +201,10 @@ def test_errors() -> None:
         rel(x[:, :5], boxes)
     with pytest.raises(TypeError, match="x: expected dtype torch.float64"):
         rel(x.float(), boxes.float())
-    with pytest.raises(IndexError, match=r"edge_index: expected box indices in \[0, 3\)"):
+    with pytest.raises(
+        IndexError,
+        match=r"^edge_index: expected indices in \[0, 3\), got values in \[0, 3\] \(both rows index the 3 boxes\)",
+    ):
         rel(x, boxes, edge_index=torch.tensor([[0, 3], [0, 0]]))
     with pytest.raises(ValueError, match="batch: expected None with per-image lists"):
         rel([x], [boxes], torch.zeros(3, dtype=torch.long))

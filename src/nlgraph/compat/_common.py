@@ -4,6 +4,11 @@ Each layout module (``alexhex7``, ``mmcv``, ``timm``, ``slowfast``, ``caffe2``) 
 state_dict as a *key map* ``{reference key: nlgraph key}`` for a given :class:`Structure` (what
 the keys encode: mode, sub-sampling, norm, W_z bias) and calls :func:`load_block` /
 :func:`dump_block`, which do the checking, the error messages and the copying.
+
+The converters know the blocks only through :class:`NonLocalBlockLike`, the attributes and
+methods they read, and build them through the classes that :mod:`nlgraph.nn` registers with
+:func:`register_block_classes` when it is imported: ``nlgraph.nn`` imports this package, never
+the other way round.
 """
 
 from __future__ import annotations
@@ -12,21 +17,93 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from importlib import import_module
-from typing import Any
+from typing import Any, ClassVar, Protocol, cast, runtime_checkable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from .._validate import check_choice
-from ..nn.nonlocal_block import NonLocalBlock1d, NonLocalBlock2d, NonLocalBlock3d, _NonLocalBlockNd
-from ..nn.presets import PRESETS, check_layout_support, preset_kwargs
+from .._validate import check_choice, resolve_flag
+from .presets import PRESETS, check_layout_support, preset_kwargs
 
-__all__ = ["LAYOUTS", "from_reference", "to_reference"]
+__all__ = [
+    "LAYOUTS",
+    "NonLocalBlockLike",
+    "from_reference",
+    "nested_sub_sample",
+    "pooled_key_map",
+    "register_block_classes",
+    "to_reference",
+]
 
 #: The public layouts, in the order of the docs.
 LAYOUTS: tuple[str, ...] = ("alexhex7", "mmcv", "timm", "slowfast", "caffe2")
 
-_BLOCKS = {1: NonLocalBlock1d, 2: NonLocalBlock2d, 3: NonLocalBlock3d}
+
+@runtime_checkable
+class NonLocalBlockLike(Protocol):
+    """What the converters read of a non-local block (``nlgraph.nn.NonLocalBlockNd`` has it):
+    its class's ``dims`` and ``default_pool_size``, its options, its 1x1 convolutions ``g`` and
+    ``w_z``, its ``norm`` and ``latent_proj`` (or ``None``) and its state_dict."""
+
+    dims: ClassVar[int]
+    default_pool_size: ClassVar[tuple[int, ...]]
+    in_channels: int
+    inter_channels: int
+    mode: str
+    sub_sample: bool
+    pool_size: tuple[int, ...]
+    pool_placement: str
+    scale: str | float | None
+    scale_factor: float
+    out_bias: bool
+
+    @property
+    def g(self) -> nn.Module:
+        """The value projection, a 1x1 ConvNd(C, C')."""
+        ...
+
+    @property
+    def w_z(self) -> nn.Module:
+        """The output projection W_z, a 1x1 ConvNd(C', C)."""
+        ...
+
+    @property
+    def norm(self) -> nn.Module | None:
+        """The BatchNorm after W_z, or ``None``."""
+        ...
+
+    @property
+    def latent_proj(self) -> nn.Module | None:
+        """The latent-node projection of ``latent=Latent(M)``, or ``None``."""
+        ...
+
+    def state_dict(self) -> dict[str, Any]:
+        """The block's tensors by nlgraph key (``torch.nn.Module.state_dict``)."""
+        ...
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> Any:
+        """Load tensors by nlgraph key (``torch.nn.Module.load_state_dict``)."""
+        ...
+
+
+#: The block classes by dimensionality, and their base, registered by ``nlgraph.nn``.
+_BLOCKS: dict[int, Any] = {}
+_BASE: list[type] = []
+
+
+def register_block_classes(base: type, classes: Mapping[int, Any]) -> None:
+    """Register the block base class and the 1-D/2-D/3-D classes :func:`from_reference` builds
+    (called once by :mod:`nlgraph.nn.nonlocal_block`)."""
+    _BASE[:] = [base]
+    _BLOCKS.update(classes)
+
+
+def _block_class(dims: int) -> Any:
+    if dims not in _BLOCKS:  # nlgraph/__init__ imports nlgraph.nn, which registers them
+        raise RuntimeError("nlgraph.compat: no block classes registered; import nlgraph first")
+    return _BLOCKS[dims]
+
+
 #: nlgraph keys a reference state_dict may lack (then the block keeps its own value).
 OPTIONAL = frozenset({"norm.num_batches_tracked"})
 #: One key pattern per layout, to tell the user which layout a mismatching state_dict is.
@@ -114,21 +191,42 @@ def tensors_of(
     return out
 
 
+def pooled_key_map(s: Structure, conv: str, w_z: str, norm: str, concat: str) -> KeyMap:
+    """Key map of AlexHex7's and mmcv's module tree, in their registration order: g (wrapped in
+    ``Sequential(conv, pool)`` when sub-sampling: ``g.0``), W_z at ``w_z``, its norm at ``norm``,
+    theta, phi (wrapped like g) and the concatenation weight at ``concat``; ``conv`` is the
+    path of a conv inside its module (``""`` or ``".conv"``)."""
+    wrap = ".0" if s.sub_sample else ""
+    kmap = conv_keys(f"g{wrap}{conv}", "g") | conv_keys(w_z, "w_z", bias=s.out_bias)
+    if s.norm:
+        kmap |= norm_keys(norm)
+    if s.mode != "gaussian":
+        kmap |= conv_keys(f"theta{conv}", "theta")
+        kmap |= conv_keys(f"phi{wrap}{conv}", "phi")
+    if s.mode == "concatenation":
+        kmap[concat] = "concat_project.weight"
+    return kmap
+
+
+def nested_sub_sample(keys: Any, given: bool | None, default: bool) -> bool:
+    """sub_sample as recorded by AlexHex7/mmcv keys: g and phi become ``Sequential(conv, pool)``
+    (keys ``g.0.*``, ``phi.0.*``) when sub-sampling; ``default`` when neither key is present."""
+    heads = [k.split(".", 2)[:2] for k in keys if k.split(".", 1)[0] in ("g", "phi")]
+    encoded = any(len(h) > 1 and h[1] == "0" for h in heads) if heads else None
+    why = (
+        "the keys 'g.0.*'/'phi.0.*' hold a pooled Sequential"
+        if encoded
+        else "the keys of g/phi are not wrapped in a pooled Sequential 'g.0.*'"
+    )
+    return bool(resolve_flag("sub_sample", given, encoded, default, why))
+
+
 def add_prefix(state: dict[str, Tensor], prefix: str | None) -> dict[str, Tensor]:
     """Prepend module path ``prefix`` to every key (inverse of :func:`tensors_of`'s ``prefix``)."""
     if prefix is None:
         return state
     head = prefix.rstrip(".") + "."
     return {head + k: v for k, v in state.items()}
-
-
-def resolve_flag(name: str, given: Any, encoded: Any, default: Any, evidence: str) -> Any:
-    """The value of a flag the keys may encode; ``ValueError`` if the user contradicts them."""
-    if encoded is None:
-        return default if given is None else given
-    if given is not None and given != encoded:
-        raise ValueError(f"{name}: expected {encoded!r} ({evidence}), got {given!r}")
-    return encoded
 
 
 def pin(overrides: dict[str, Any], name: str, value: Any, why: str) -> None:
@@ -191,7 +289,7 @@ def load_block(
     key_map: Callable[[Structure], KeyMap],
     structure: Structure,
     request: Request,
-) -> _NonLocalBlockNd:
+) -> NonLocalBlockLike:
     """Build the ``layout`` block for ``structure`` and load ``tensors`` into it exactly.
 
     The widths, the dimensionality, the dtype and the device come from the g weight; the keys
@@ -224,7 +322,7 @@ def load_block(
     pin(overrides, "norm", "batch" if structure.norm else None, f"the keys of layout {layout!r}")
     pin(overrides, "out_bias", structure.out_bias, f"the keys of layout {layout!r}")
     overrides.update(mode=structure.mode, sub_sample=structure.sub_sample)
-    block = _BLOCKS[dims](c, **preset_kwargs(layout, c, dims, overrides))
+    block = _block_class(dims)(c, **preset_kwargs(layout, c, dims, overrides))
     ours = block.state_dict()
     shapes = {
         r: (_ref_shape(n, ours[n]), tuple(tensors[r].shape))
@@ -239,7 +337,7 @@ def load_block(
     return block
 
 
-def dump_block(block: _NonLocalBlockNd, kmap: KeyMap) -> dict[str, Tensor]:
+def dump_block(block: NonLocalBlockLike, kmap: KeyMap) -> dict[str, Tensor]:
     """``block``'s tensors under the reference keys of ``kmap`` (copies; a W_z bias the block
     lacks is written as zeros)."""
     ours = block.state_dict()
@@ -248,7 +346,7 @@ def dump_block(block: _NonLocalBlockNd, kmap: KeyMap) -> dict[str, Tensor]:
         if name in ours:
             t = ours[name].detach().clone()
         elif name == "w_z.bias":
-            w = block.w_z.weight
+            w = cast(Tensor, block.w_z.weight)
             t = torch.zeros(w.shape[0], dtype=w.dtype, device=w.device)
         else:
             continue
@@ -309,7 +407,7 @@ def from_reference(
     sub_sample: bool | None = None,
     prefix: str | None = None,
     **overrides: Any,
-) -> _NonLocalBlockNd:
+) -> NonLocalBlockLike:
     r"""A non-local block holding the weights of a public implementation, with its semantics.
 
     The block is built from the layout's preset (:mod:`nlgraph.nn.presets`, same names), with
@@ -368,7 +466,7 @@ def from_reference(
 
 
 def to_reference(
-    block: _NonLocalBlockNd, layout: str, *, prefix: str | None = None
+    block: NonLocalBlockLike, layout: str, *, prefix: str | None = None
 ) -> dict[str, Tensor]:
     """``block``'s weights as a state_dict of a public implementation (see
     :func:`from_reference`); ``from_reference`` then ``to_reference`` gives back the same keys,
@@ -391,11 +489,11 @@ def to_reference(
             layout: a ``graph=Latent(M)`` block).
     """
     check_choice("layout", layout, LAYOUTS)
-    if not isinstance(block, _NonLocalBlockNd):
+    if not (_BASE and isinstance(block, _BASE[0])):
         raise TypeError(f"block: expected a NonLocalBlock1d/2d/3d, got {type(block).__name__}")
     if getattr(block, "latent_proj", None) is not None:
         raise ValueError(
-            f"block: layout {layout!r} cannot express graph=Latent(...) (its latent projection "
+            f"block: layout {layout!r} cannot express latent=Latent(...) (its latent projection "
             "has no counterpart in any public non-local block)"
         )
     return import_module(f"{__package__}.{layout}").dump(block, prefix)

@@ -20,7 +20,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..nn.nonlocal_block import _NonLocalBlockNd
 from . import _common as common
 
 __all__ = ["DEFAULT_PREFIX", "dump", "find_prefixes", "key_map", "load"]
@@ -59,7 +58,7 @@ def _to_tensor(key: str, value: Any) -> Any:
     return value
 
 
-def load(req: common.Request) -> _NonLocalBlockNd:
+def load(req: common.Request) -> common.NonLocalBlockLike:
     """A block from Caffe2 blobs (see :func:`nlgraph.compat.from_reference`)."""
     state_dict, prefix = req.state_dict, req.prefix
     if isinstance(state_dict, Mapping) and isinstance(state_dict.get("blobs"), Mapping):
@@ -94,7 +93,7 @@ def load(req: common.Request) -> _NonLocalBlockNd:
     return common.load_block("caffe2", tensors, partial(key_map, prefix=prefix), structure, req)
 
 
-def dump(block: _NonLocalBlockNd, prefix: str | None = None) -> dict[str, Tensor]:
+def dump(block: common.NonLocalBlockLike, prefix: str | None = None) -> dict[str, Tensor]:
     """``block`` as Caffe2 blobs, as tensors (see :func:`nlgraph.compat.to_reference`)."""
     common.check_block(
         block, "caffe2", placement="before", pool_size=(1, 2, 2),

@@ -9,37 +9,39 @@ Keys: ``g[.0].conv``, ``conv_out.conv`` (+ ``conv_out.bn`` with ``norm_cfg=BN``)
 
 from __future__ import annotations
 
+from typing import cast
+
 from torch import Tensor
 
-from ..nn.nonlocal_block import _NonLocalBlockNd
 from . import _common as common
-from .alexhex7 import nested_sub_sample, pooled_key_map
 
 __all__ = ["dump", "key_map", "load"]
 
 
 def key_map(s: common.Structure) -> common.KeyMap:
     """Reference key -> nlgraph key, in mmcv's registration order."""
-    return pooled_key_map(s, ".conv", "conv_out.conv", "conv_out.bn", "concat_project.conv.weight")
+    return common.pooled_key_map(
+        s, ".conv", "conv_out.conv", "conv_out.bn", "concat_project.conv.weight"
+    )
 
 
-def load(req: common.Request) -> _NonLocalBlockNd:
+def load(req: common.Request) -> common.NonLocalBlockLike:
     """A block from an mmcv state_dict (see :func:`nlgraph.compat.from_reference`)."""
     tensors = common.tensors_of(req.state_dict, req.prefix)
-    sub = nested_sub_sample(tensors, req.sub_sample, default=False)
+    sub = common.nested_sub_sample(tensors, req.sub_sample, default=False)
     norm = any(k.startswith("conv_out.bn.") for k in tensors)
     structure = common.Structure(req.mode, sub, norm, out_bias=not norm)
     return common.load_block("mmcv", tensors, key_map, structure, req)
 
 
-def dump(block: _NonLocalBlockNd, prefix: str | None = None) -> dict[str, Tensor]:
+def dump(block: common.NonLocalBlockLike, prefix: str | None = None) -> dict[str, Tensor]:
     """``block`` as an mmcv state_dict (see :func:`nlgraph.compat.to_reference`)."""
     common.check_block(
         block, "mmcv", placement="after", pool_size="default",
         scales=common.inner_scales(block), norm_required=False,
     )  # fmt: skip
     norm = block.norm is not None
-    bias = block.w_z.bias
+    bias = cast(Tensor | None, block.w_z.bias)
     if norm and bias is not None and bool(bias.detach().ne(0).any()):
         raise ValueError(
             "block: expected out_bias=False (or a zero W_z bias) for layout 'mmcv' with a norm "

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from ..nn.nonlocal_block import _NonLocalBlockNd
 from . import _common as common
 
 __all__ = ["dump", "key_map", "load"]
@@ -25,7 +24,7 @@ def key_map(s: common.Structure) -> common.KeyMap:
     )  # fmt: skip
 
 
-def load(req: common.Request) -> _NonLocalBlockNd:
+def load(req: common.Request) -> common.NonLocalBlockLike:
     """A block from a SlowFast state_dict (see :func:`nlgraph.compat.from_reference`)."""
     tensors = common.tensors_of(req.state_dict, req.prefix)
     sub = True if req.sub_sample is None else bool(req.sub_sample)
@@ -33,7 +32,7 @@ def load(req: common.Request) -> _NonLocalBlockNd:
     return common.load_block("slowfast", tensors, key_map, structure, req)
 
 
-def dump(block: _NonLocalBlockNd, prefix: str | None = None) -> dict[str, Tensor]:
+def dump(block: common.NonLocalBlockLike, prefix: str | None = None) -> dict[str, Tensor]:
     """``block`` as a SlowFast state_dict (see :func:`nlgraph.compat.to_reference`)."""
     common.check_block(
         block, "slowfast", placement="before", pool_size=None,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from ..nn.nonlocal_block import _NonLocalBlockNd
+from .._validate import resolve_flag
 from . import _common as common
 
 __all__ = ["dump", "key_map", "load"]
@@ -23,16 +23,16 @@ def key_map(s: common.Structure) -> common.KeyMap:
     )  # fmt: skip
 
 
-def load(req: common.Request) -> _NonLocalBlockNd:
+def load(req: common.Request) -> common.NonLocalBlockLike:
     """A block from a timm state_dict (see :func:`nlgraph.compat.from_reference`)."""
     tensors = common.tensors_of(req.state_dict, req.prefix)
-    sub = common.resolve_flag("sub_sample", req.sub_sample, False, False, "timm never sub-samples")
+    sub = resolve_flag("sub_sample", req.sub_sample, False, False, "timm never sub-samples")
     return common.load_block(
         "timm", tensors, key_map, common.Structure(req.mode, sub, True, True), req
     )
 
 
-def dump(block: _NonLocalBlockNd, prefix: str | None = None) -> dict[str, Tensor]:
+def dump(block: common.NonLocalBlockLike, prefix: str | None = None) -> dict[str, Tensor]:
     """``block`` as a timm state_dict (see :func:`nlgraph.compat.to_reference`)."""
     scales = {"None": 1.0, "'input'": block.in_channels**-0.5}
     common.check_block(

@@ -1,4 +1,4 @@
-"""Edge sets (full, k-NN, window, user edge_index), builders and conversions."""
+"""Edge sets (full, k-NN, window, user edge_index), graph specs, builders and conversions."""
 
 from .base import COOGraph, RegularGraph
 from .boxes import BOX_METRICS, BoxKNN, box_geometry, box_graph, box_iou, geometry_embedding
@@ -11,16 +11,21 @@ from .convert import (
     to_edge_index,
 )
 from .feature_knn import KNN
-from .knn import knn, knn_graph
 from .latent import Latent
+from .point_knn import knn, knn_graph
+from .spec import EdgeIndex, Full, GraphContext, GraphSpec
 from .window import TemporalGroups, Window, window_offsets
 
 __all__ = [
     "BOX_METRICS",
     "KNN",
-    "Latent",
     "BoxKNN",
     "COOGraph",
+    "EdgeIndex",
+    "Full",
+    "GraphContext",
+    "GraphSpec",
+    "Latent",
     "RegularGraph",
     "box_geometry",
     "box_graph",

@@ -11,18 +11,25 @@ Two layouts (see ``docs/design.md`` of the project notes):
 
 Conversions between them are exact: :meth:`RegularGraph.to_coo` drops the padding,
 :meth:`COOGraph.to_regular` pads each query's neighbour list to the largest degree.
+
+Both are immutable, and each object keeps a private cache of what kernels derive from it (the
+sparse-matrix pattern of the ``csr`` kernel and its transpose, the result of the index-range
+check), so a graph built once and passed to many blocks or steps is prepared once. Graphs made
+by nlgraph's builders are range-checked by construction; a graph made by hand is checked on its
+first use, without a host read (``torch._assert_async``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from .._validate import describe
+from .._validate import check_edge_index, describe
 
-__all__ = ["COOGraph", "RegularGraph"]
+__all__ = ["COOGraph", "RegularGraph", "trusted"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -42,6 +49,7 @@ class RegularGraph:
     index: Tensor
     num_keys: int
     mask: Tensor | None = None
+    _cache: dict[Any, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.index.dim() != 3 or self.index.dtype != torch.long:
@@ -80,7 +88,8 @@ class RegularGraph:
         if self.mask is not None:
             keep = self.mask[graph].reshape(-1)
             source, target = source[keep], target[keep]
-        return COOGraph(torch.stack([source, target]), self.num_queries, self.num_keys)
+        coo = COOGraph(torch.stack([source, target]), self.num_queries, self.num_keys, True)
+        return trusted(coo) if self._cache.get("checked") else coo
 
 
 @dataclass(frozen=True, eq=False)
@@ -92,16 +101,25 @@ class COOGraph:
             (target) i in [0, N).
         num_queries (int): N.
         num_keys (int): N'.
+        query_sorted (bool, optional): whether ``edge_index[1]`` is non-decreasing (the edges
+            grouped by query, as CSR needs them). ``None``: unknown, found out on the first use
+            by the ``csr`` kernel (one host read, then cached on the object); pass ``True`` when
+            known (e.g. from a builder or PyG's ``EdgeIndex`` sorted by column) to spare it. A
+            wrong ``True`` gives wrong results. (default: ``None``)
     """
 
     edge_index: Tensor
     num_queries: int
     num_keys: int
+    query_sorted: bool | None = None
+    _cache: dict[Any, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        ei = self.edge_index
-        if ei.dim() != 2 or ei.shape[0] != 2 or ei.dtype != torch.long:
-            raise ValueError(f"edge_index: expected a (2, E) int64 tensor, got {describe(ei)}")
+        check_edge_index("edge_index", self.edge_index)
+        if self.query_sorted not in (None, True, False):
+            raise TypeError(
+                f"query_sorted: expected None or a bool, got {type(self.query_sorted).__name__}"
+            )
 
     @property
     def num_edges(self) -> int:
@@ -125,4 +143,11 @@ class COOGraph:
         mask = torch.zeros(n, max(k, 1), dtype=torch.bool, device=source.device)
         index[target, slot] = source
         mask[target, slot] = True
-        return RegularGraph(index.unsqueeze(0), self.num_keys, mask.unsqueeze(0))
+        return trusted(RegularGraph(index.unsqueeze(0), self.num_keys, mask.unsqueeze(0)))
+
+
+def trusted(graph: Any) -> Any:
+    """Mark ``graph`` (a RegularGraph or COOGraph made by an nlgraph builder) as range-checked:
+    its indices are in range by construction. Returns it."""
+    graph._cache["checked"] = True
+    return graph

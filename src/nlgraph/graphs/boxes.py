@@ -25,9 +25,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .._validate import check_choice, check_positive_int, describe
+from .._validate import check_choice, check_edge_index, check_positive_int, describe
 from ..nodes import check_batch, check_boxes
-from .knn import _topk_ties_low
+from ._topk import topk_tie_low
+from .base import COOGraph, trusted
+from .spec import Graph, GraphContext, GraphSpec
 
 __all__ = [
     "BOX_METRICS",
@@ -46,7 +48,7 @@ _ROW_BLOCK = 1024
 
 
 @dataclass(frozen=True)
-class BoxKNN:
+class BoxKNN(GraphSpec):
     """The k-nearest-box graph spec (see :func:`box_graph`): a module option, built per call.
 
     Args:
@@ -64,6 +66,15 @@ class BoxKNN:
     def __call__(self, boxes: Tensor, batch: Tensor | None = None) -> Tensor:
         """``box_graph(boxes, batch, k=self.k, metric=self.metric)``."""
         return box_graph(boxes, batch, k=self.k, metric=self.metric)
+
+    def build(self, ctx: GraphContext) -> Graph:
+        """The k-nearest-box COOGraph of ``ctx.boxes`` (checked) and ``ctx.batch``, sorted by
+        query box."""
+        if ctx.boxes is None or ctx.batch is None:
+            raise ValueError("ctx: expected boxes and batch (a box graph), got None")
+        edge_index = build_box_graph(ctx.boxes, ctx.batch, self.k, self.metric)
+        r = ctx.boxes.shape[0]
+        return trusted(COOGraph(edge_index, r, r, query_sorted=True))
 
 
 def box_iou(a: Tensor, b: Tensor) -> Tensor:
@@ -85,13 +96,23 @@ def box_iou(a: Tensor, b: Tensor) -> Tensor:
 
 def image_runs(batch: Tensor) -> tuple[Tensor, Tensor | None, list[int]]:
     """(sorted batch, stable sorting permutation or ``None`` when already sorted, boxes per
-    image index 0..max): the images as contiguous runs. Reads the values (host sync)."""
+    image index 0..max): the images as contiguous runs. Two host reads: whether ``batch`` is
+    sorted together with its largest index, then the counts."""
+    if batch.numel() == 0:
+        return batch, None, []
+    ordered = (
+        (batch[1:] >= batch[:-1]).all()
+        if batch.numel() > 1
+        else batch.new_ones((), dtype=torch.bool)
+    )
+    is_sorted, top = torch.stack([ordered.long(), batch.max()]).tolist()
     order = None
-    if batch.numel() > 1 and not bool((batch[1:] >= batch[:-1]).all()):
+    if not is_sorted:
         order = torch.argsort(batch, stable=True)
-        batch = batch[order]
-    counts = torch.bincount(batch).tolist() if batch.numel() else []
-    return batch, order, counts
+        batch = batch.index_select(0, order)
+    counts = torch.zeros(top + 1, dtype=torch.long, device=batch.device)
+    counts.index_add_(0, batch, torch.ones_like(batch))
+    return batch, order, counts.tolist()
 
 
 def box_graph(
@@ -138,6 +159,12 @@ def box_graph(
     if k is not None:
         k = check_positive_int("k", k)
     check_choice("metric", metric, BOX_METRICS)
+    return build_box_graph(boxes, batch, k, metric)
+
+
+def build_box_graph(boxes: Tensor, batch: Tensor, k: int | None, metric: str) -> Tensor:
+    """:func:`box_graph` on inputs that are already checked (the modules' path): two host
+    reads (the image sizes, :func:`image_runs`), none in the search."""
     sorted_batch, order, counts = image_runs(batch)
     sorted_boxes = boxes if order is None else boxes[order]
     if k is None:
@@ -186,7 +213,7 @@ def _knn_edges(boxes: Tensor, counts: list[int], k: int, metric: str) -> Tensor:
             n_rows = rows.shape[0]
             own = torch.arange(lo, lo + n_rows, device=boxes.device)
             score[torch.arange(n_rows, device=boxes.device), own] = math.inf
-            best = _topk_ties_low(-score, kk)  # top-k, exact (score, index) order
+            best = topk_tie_low(score, kk, order="score")  # exact, ties to the lower index
             sources.append(best.reshape(-1) + start)
             targets.append((own + start).repeat_interleave(kk))
         start += size
@@ -218,10 +245,7 @@ def box_geometry(boxes: Tensor, edge_index: Tensor, eps: float = 1e-3) -> Tensor
     Returns:
         Tensor: (E, 4), differentiable with respect to ``boxes``.
     """
-    if not (isinstance(edge_index, Tensor) and edge_index.dim() == 2 and edge_index.shape[0] == 2):
-        raise ValueError(f"edge_index: expected a (2, E) int64 tensor, got {describe(edge_index)}")
-    if edge_index.dtype != torch.long:
-        raise TypeError(f"edge_index: expected an int64 tensor, got dtype {edge_index.dtype}")
+    check_edge_index("edge_index", edge_index)
     if not (isinstance(eps, (int, float)) and eps > 0):
         raise ValueError(f"eps: expected a positive number, got {eps!r}")
     centre = (boxes[:, :2] + boxes[:, 2:]) / 2

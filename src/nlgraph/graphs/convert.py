@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
-from torch_geometric.data import Batch, Data
 
-from .._validate import check_float_tensor, describe
+from .._validate import check_edge_index, check_float_tensor, check_index_range, describe
 from .base import COOGraph, RegularGraph
+
+if TYPE_CHECKING:  # PyG is imported by the two functions that need it, not with nlgraph
+    from torch_geometric.data import Batch, Data
 
 __all__ = [
     "data_to_feature_map",
@@ -84,13 +86,14 @@ def to_edge_index(
             raise IndexError(f"sample: expected an index in [0, {groups}), got {sample}")
         return graph.to_coo(sample % groups).edge_index
     if isinstance(graph, Tensor):
-        return _check_edge_index(graph)
+        return check_edge_index("edge_index", graph)
     if isinstance(graph, str) and graph == "full":
         for name, value in (("num_queries", num_queries), ("num_keys", num_keys)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(
                     f"{name}: expected a non-negative int for graph 'full', got {value!r}"
                 )
+        assert isinstance(num_queries, int) and isinstance(num_keys, int)
         return full_edge_index(num_queries, num_keys)
     raise TypeError(
         f"graph: expected 'full', a RegularGraph, a COOGraph or an edge_index tensor, got {graph!r}"
@@ -104,29 +107,15 @@ def from_edge_index(edge_index: Tensor, num_queries: int, num_keys: int) -> COOG
         ValueError: not a (2, E) int64 tensor, or negative sizes.
         IndexError: a source outside [0, num_keys) or a target outside [0, num_queries).
     """
-    edge_index = _check_edge_index(edge_index)
+    edge_index = check_edge_index("edge_index", edge_index)
     for name, value in (("num_queries", num_queries), ("num_keys", num_keys)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"{name}: expected a non-negative int, got {value!r}")
-    for row, name, size in ((0, "edge_index[0] (keys)", num_keys),
-                            (1, "edge_index[1] (queries)", num_queries)):  # fmt: skip
-        idx = edge_index[row]
-        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= size):
-            raise IndexError(
-                f"{name}: expected indices in [0, {size}), "
-                f"got values in [{int(idx.min())}, {int(idx.max())}]"
-            )
-    return COOGraph(edge_index, num_queries, num_keys)
-
-
-def _check_edge_index(edge_index: Any) -> Tensor:
-    if not isinstance(edge_index, Tensor):
-        raise TypeError(
-            f"edge_index: expected a (2, E) int64 tensor, got {type(edge_index).__name__}"
-        )
-    if edge_index.dim() != 2 or edge_index.shape[0] != 2 or edge_index.dtype != torch.long:
-        raise ValueError(f"edge_index: expected a (2, E) int64 tensor, got {describe(edge_index)}")
-    return edge_index
+    check_index_range("edge_index[0] (keys)", edge_index[0], num_keys)
+    check_index_range("edge_index[1] (queries)", edge_index[1], num_queries)
+    graph = COOGraph(edge_index, num_queries, num_keys)
+    graph._cache["checked"] = True
+    return graph
 
 
 def _map_edges(edge_set: Any, n: int, batch: int, device: torch.device) -> list[Tensor | None]:
@@ -184,6 +173,8 @@ def feature_map_to_data(
         >>> data.x.shape, data.pos.shape
         (torch.Size([20, 3]), torch.Size([20, 2]))
     """
+    from torch_geometric.data import Batch, Data
+
     check_float_tensor("x", x)
     lowest = 3 if batched else 2
     if x.dim() < lowest:
@@ -219,6 +210,8 @@ def data_to_feature_map(data: Data | Batch, shape: Sequence[int]) -> Tensor:
     Raises:
         ValueError: a graph whose node count is not prod(``shape``).
     """
+    from torch_geometric.data import Batch, Data
+
     if not isinstance(data, Data):
         raise TypeError(
             f"data: expected a torch_geometric Data or Batch, got {type(data).__name__}"

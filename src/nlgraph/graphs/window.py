@@ -1,7 +1,10 @@
 r"""Position-space edge sets: (dilated) windows clipped at the borders, and temporal groups.
 
-Both are built by index arithmetic on the lattice of the feature map, with no Python loop over
-positions, and stored as a :class:`~nlgraph.graphs.base.RegularGraph` shared by the batch (G = 1).
+Both are built by index arithmetic on the lattice of the feature map, directly on the target
+device, with no Python loop over positions and no host read, and stored as a
+:class:`~nlgraph.graphs.base.RegularGraph` shared by the batch (G = 1). A spec keeps the graphs it
+built, one per (query shape, key shape, pool size, device): a block running on maps of one size
+builds its window once (and the kernels prepare it once).
 
 Positions are flattened in C order (last axis fastest): on a map of shape (S_0, ..., S_{D-1}),
 coordinate c has index :math:`\sum_d c_d \prod_{e > d} S_e`. Queries live on the map of shape
@@ -14,14 +17,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from .._validate import check_positive_int
-from .base import RegularGraph
+from .base import RegularGraph, trusted
+from .spec import GraphContext, GraphSpec
 
 __all__ = ["TemporalGroups", "Window", "window_offsets"]
 
@@ -116,8 +120,26 @@ def window_offsets(radius: int, dilation: int = 1, dims: int = 2) -> Tensor:
     return torch.stack([g.reshape(-1) for g in grids], dim=1)
 
 
+def _axis_width(keys: int, radius: int, dilation: int) -> int:
+    """Slots per query along one axis: min(2r+1, lattice points of one residue class)."""
+    return min(2 * radius + 1, -(-keys // dilation))
+
+
+def _axis_clipped(queries: int, keys: int, pool: int, radius: int, dilation: int) -> bool:
+    """Whether some query along this axis has fewer than :func:`_axis_width` neighbours
+    (plain integers: no tensor is read)."""
+    width = _axis_width(keys, radius, dilation)
+    for c in range(queries):
+        cell = min(c // pool, keys - 1)
+        lo = max(-(cell // dilation), -radius)
+        hi = min((keys - 1 - cell) // dilation, radius)
+        if hi - lo + 1 < width:
+            return True
+    return False
+
+
 def _axis_table(
-    queries: int, keys: int, pool: int, radius: int, dilation: int
+    queries: int, keys: int, pool: int, radius: int, dilation: int, device: Device
 ) -> tuple[Tensor, Tensor]:
     """Neighbours along one axis: (queries, w) key coordinates and validity, w the widest row.
 
@@ -125,19 +147,91 @@ def _axis_table(
     the in-range cells ``cell + dilation * o``, o in [-radius, radius]. They form one run of
     offsets [lo, hi], stored from slot 0 upwards (ascending coordinate), then invalid slots.
     """
-    cell = torch.clamp(torch.arange(queries) // pool, max=keys - 1)
+    cell = torch.clamp(torch.arange(queries, device=device) // pool, max=keys - 1)
     lo = torch.clamp(-(cell // dilation), min=-radius)
     hi = torch.clamp((keys - 1 - cell) // dilation, max=radius)
-    # The widest run: min(2r+1, number of lattice points of one residue class in [0, keys)).
-    width = min(2 * radius + 1, -(-keys // dilation))
-    slot = torch.arange(width)
+    slot = torch.arange(_axis_width(keys, radius, dilation), device=device)
     coord = cell[:, None] + dilation * (lo[:, None] + slot)
     valid = slot < (hi - lo + 1)[:, None]
     return coord, valid
 
 
+#: Graphs a spec keeps (one per map size and device) before it starts afresh.
+_KEEP = 8
+
+
+def _context_args(
+    ctx: GraphContext | tuple[int, ...],
+    key_shape: tuple[int, ...] | None,
+    pool_size: tuple[int, ...] | int | None,
+    device: Device,
+) -> tuple[Any, Any, Any, Device]:
+    """(query_shape, key_shape, pool_size, device) from a GraphContext or the legacy arguments."""
+    if isinstance(ctx, GraphContext):
+        if ctx.spatial is None:
+            raise ValueError(
+                "ctx: expected the spatial shape of the map (a window is a position-space "
+                "graph), got spatial=None"
+            )
+        return ctx.spatial, ctx.key_spatial, ctx.pool_size, ctx.device
+    return ctx, key_shape, pool_size, device
+
+
+class _LatticeSpec(GraphSpec):
+    """A position-space spec built once per (query shape, key shape, pool, device)."""
+
+    _built: dict[Any, RegularGraph]
+
+    def build(
+        self,
+        ctx: GraphContext | tuple[int, ...],
+        key_shape: tuple[int, ...] | None = None,
+        pool_size: tuple[int, ...] | int | None = None,
+        *,
+        device: Device = None,
+    ) -> RegularGraph:
+        """The graph on a map of shape ``query_shape`` (or of a :class:`GraphContext`).
+
+        Args:
+            ctx (GraphContext or tuple of int): a context (its ``spatial``, ``key_spatial``,
+                ``pool_size`` and ``device`` are used), or the query map's shape
+                (S_0, ..., S_{D-1}), D = 1 to 3; N = prod S.
+            key_shape (tuple of int, optional): the pooled key map; ``None``: derived from
+                ``pool_size``, or the query map itself. (default: ``None``)
+            pool_size (tuple of int or int, optional): the max-pool kernel (= stride) that made
+                the keys; required when ``key_shape`` differs from ``query_shape``.
+                (default: ``None``)
+            device (torch.device or str, optional): where the index is built. (default: CPU)
+
+        Shapes:
+            - index, mask: (1, N, k), num_keys = N' = prod key_shape
+        """
+        query_shape, key_shape, pool_size, device = _context_args(ctx, key_shape, pool_size, device)
+        grid = _key_grid(query_shape, key_shape, pool_size)
+        dev = torch.device(device) if device is not None else torch.device("cpu")
+        if dev.type == "cuda" and dev.index is None:
+            dev = torch.device("cuda", torch.cuda.current_device())
+        cache_key = (*grid, dev)
+        graph = self._built.get(cache_key)
+        if graph is None:
+            if len(self._built) >= _KEEP:
+                self._built.clear()
+            graph = trusted(self._make(*grid, dev))
+            self._built[cache_key] = graph
+        return graph
+
+    def _make(
+        self,
+        query: tuple[int, ...],
+        key: tuple[int, ...],
+        pool: tuple[int, ...],
+        device: torch.device,
+    ) -> RegularGraph:
+        raise NotImplementedError
+
+
 @dataclass(frozen=True, repr=False)
-class Window:
+class Window(_LatticeSpec):
     r"""Keys within a (dilated) window around each query, clipped at the borders.
 
     On a D-dimensional map (D = 1, 2, 3) without sub-sampling, query p sees the keys
@@ -179,6 +273,9 @@ class Window:
 
     radius: int
     dilation: int = 1
+    _built: dict[Any, RegularGraph] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         _check_nonnegative_int("radius", self.radius)
@@ -188,42 +285,27 @@ class Window:
         extra = f", dilation={self.dilation}" if self.dilation != 1 else ""
         return f"Window(radius={self.radius}{extra})"
 
-    def build(
+    def _make(
         self,
-        query_shape: tuple[int, ...],
-        key_shape: tuple[int, ...] | None = None,
-        pool_size: tuple[int, ...] | int | None = None,
-        *,
-        device: Device = None,
+        query: tuple[int, ...],
+        key: tuple[int, ...],
+        pool: tuple[int, ...],
+        device: torch.device,
     ) -> RegularGraph:
-        """The window graph on a map of shape ``query_shape``.
-
-        Args:
-            query_shape (tuple of int): (S_0, ..., S_{D-1}), D = 1 to 3; N = prod S.
-            key_shape (tuple of int, optional): the pooled key map; ``None``: derived from
-                ``pool_size``, or the query map itself. (default: ``None``)
-            pool_size (tuple of int or int, optional): the max-pool kernel (= stride) that made
-                the keys; required when ``key_shape`` differs from ``query_shape``.
-                (default: ``None``)
-            device (torch.device or str, optional): where the index is built. (default: CPU)
-
-        Shapes:
-            - index, mask: (1, N, k), num_keys = N' = prod key_shape
-        """
-        query, key, pool = _key_grid(query_shape, key_shape, pool_size)
         dims = len(query)
         coord_strides = _strides(key)
         index = torch.zeros((1,) * (2 * dims), dtype=torch.long, device=device)
         mask = torch.ones((1,) * (2 * dims), dtype=torch.bool, device=device)
         clipped = False
         for a in range(dims):
-            coord, valid = _axis_table(query[a], key[a], pool[a], self.radius, self.dilation)
-            clipped = clipped or not bool(valid.all())
+            args = (query[a], key[a], pool[a], self.radius, self.dilation)
+            clipped = clipped or _axis_clipped(*args)
+            coord, valid = _axis_table(*args, device)
             # Axis a of the query grid sits at position a, its window slots at position dims + a.
             view = [1] * (2 * dims)
             view[a], view[dims + a] = coord.shape
-            index = index + (coord * coord_strides[a]).to(device).view(view)
-            mask = mask & valid.to(device).view(view)
+            index = index + (coord * coord_strides[a]).view(view)
+            mask = mask & valid.view(view)
         n = math.prod(query)
         index = index.expand(*query, *index.shape[dims:]).reshape(1, n, -1)
         if not clipped:
@@ -233,7 +315,7 @@ class Window:
 
 
 @dataclass(frozen=True, repr=False)
-class TemporalGroups:
+class TemporalGroups(_LatticeSpec):
     r"""Attention restricted to chunks of consecutive frames (block-diagonal over time).
 
     The temporal grouping of the Caffe2 video non-local networks and SlowFast
@@ -260,6 +342,9 @@ class TemporalGroups:
     """
 
     group_size: int
+    _built: dict[Any, RegularGraph] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         check_positive_int("group_size", self.group_size)
@@ -267,20 +352,25 @@ class TemporalGroups:
     def __repr__(self) -> str:
         return f"TemporalGroups(group_size={self.group_size})"
 
-    def build(
+    def check_dims(self, dims: int) -> None:
+        """Only 3-D (video) maps have frames to group."""
+        if dims != 3:
+            raise ValueError(
+                f"graph: expected a 3-D block for TemporalGroups, got a {dims}-D block"
+            )
+
+    def _make(
         self,
-        query_shape: tuple[int, ...],
-        key_shape: tuple[int, ...] | None = None,
-        pool_size: tuple[int, ...] | int | None = None,
-        *,
-        device: Device = None,
+        query: tuple[int, ...],
+        key: tuple[int, ...],
+        pool: tuple[int, ...],
+        device: torch.device,
     ) -> RegularGraph:
-        """The block-diagonal graph on a (T, H, W) map; arguments as :meth:`Window.build`.
+        """The block-diagonal graph on a (T, H, W) map (see :meth:`build`).
 
         Shapes:
             - index: (1, T·H·W, (g / p_T)·H'·W'), num_keys = T'·H'·W'
         """
-        query, key, pool = _key_grid(query_shape, key_shape, pool_size)
         if len(query) != 3:
             raise ValueError(f"query_shape: expected a 3-D shape (T, H, W), got {query}")
         frames, g, pt = query[0], self.group_size, pool[0]

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._validate import (
+    NORMS,
     check_channels_dtype_device,
     check_choice,
     check_float_tensor,
@@ -19,7 +20,6 @@ from .._validate import (
 __all__ = ["GlobalReasoning"]
 
 GRAPH_FORMS: tuple[str, ...] = ("code", "paper")
-NORMS: tuple[Any, ...] = ("batch", None)
 _DEFAULTS: dict[str, Any] = dict(
     normalize=False, graph_form="code", norm="batch", zero_init=True, norm_eps=1e-4,
     norm_momentum=0.1,
@@ -255,8 +255,8 @@ class GlobalReasoning(nn.Module):
         v = outer.new_zeros(num_graphs, self.num_nodes, self.node_channels)
         v = v.index_add(0, batch, outer)  # (G, M, C')
         if self.normalize:
-            count = torch.bincount(batch, minlength=num_graphs).clamp(min=1)
-            v = v / count.to(v.dtype).view(-1, 1, 1)
+            count = v.new_zeros(num_graphs).index_add_(0, batch, v.new_ones(batch.shape[0]))
+            v = v / count.clamp(min=1).view(-1, 1, 1)
         z = self.reason(v)  # (G, M, C')
         y = (proj.unsqueeze(1) @ z.index_select(0, batch)).squeeze(1)  # (N, C')
         return self._output(x, y)

@@ -3,6 +3,7 @@ r"""The non-local block on 1-D, 2-D and 3-D feature maps (dense equivalence mode
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping
 from typing import Any, ClassVar, Literal, overload
 
@@ -12,6 +13,7 @@ from torch import Tensor, nn
 from typing_extensions import Self
 
 from .._validate import (
+    NORMS,
     check_channels_dtype_device,
     check_choice,
     check_float_tensor,
@@ -19,18 +21,21 @@ from .._validate import (
     describe,
 )
 from ..attention import Attention
+from ..compat import from_reference as _from_reference
+from ..compat import to_reference as _to_reference
+from ..compat._common import register_block_classes
+from ..compat.presets import preset_kwargs
 from ..graphs.base import COOGraph, RegularGraph
-from ..graphs.feature_knn import KNN
 from ..graphs.latent import Latent
-from ..graphs.window import TemporalGroups, Window
-from ..ops import nonlocal_aggregate
+from ..graphs.spec import Full, Graph, GraphContext, GraphSpec, as_spec
+from ..ops.aggregate import aggregate
 from ..ops.dispatch import KERNELS
+from ..ops.inputs import AggregateInputs
 from ..pairwise import MODES, Pairwise, check_scale_mode, resolve_scale
 
-__all__ = ["NonLocalBlock1d", "NonLocalBlock2d", "NonLocalBlock3d"]
+__all__ = ["NonLocalBlock1d", "NonLocalBlock2d", "NonLocalBlock3d", "NonLocalBlockNd"]
 
 WEIGHT_INITS: tuple[str, ...] = ("pytorch", "normal", "kaiming", "mmcv")
-NORMS: tuple[Any, ...] = ("batch", None)
 PLACEMENTS: tuple[str, ...] = ("after", "before")
 
 _CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
@@ -40,11 +45,11 @@ _SHAPE = {1: "(B, C, L)", 2: "(B, C, H, W)", 3: "(B, C, T, H, W)"}
 _DEFAULTS: dict[str, Any] = dict(
     mode="embedded_gaussian", sub_sample=True, pool_size=None, pool_placement="after",
     scale=None, norm="batch", zero_init=True, out_bias=True, weight_init="pytorch",
-    norm_eps=1e-5, norm_momentum=0.1, graph="full", backend="auto",
+    norm_eps=1e-5, norm_momentum=0.1, graph="full", latent=None, backend="auto",
 )  # fmt: skip
 
 
-class _NonLocalBlockNd(nn.Module):
+class NonLocalBlockNd(nn.Module):
     r"""Non-local block of Wang et al., "Non-local Neural Networks", CVPR 2018,
     https://arxiv.org/abs/1711.07971, on a ``dims``-D feature map.
 
@@ -87,21 +92,30 @@ class _NonLocalBlockNd(nn.Module):
             (default: ``"pytorch"``)
         norm_eps (float): epsilon of the BatchNorm. (default: ``1e-5``)
         norm_momentum (float): momentum of the BatchNorm. (default: ``0.1``)
-        graph: the edge set N(i): ``"full"`` (all pairs: the dense block), a
-            :class:`~nlgraph.graphs.KNN` (the k keys with the largest θ_i·φ_j, or nearest in L2 /
-            cosine, rebuilt every forward per sample without gradient), a
-            :class:`~nlgraph.graphs.Window` or :class:`~nlgraph.graphs.TemporalGroups` (position
-            space; with ``sub_sample`` a query maps onto the pooled key cell that contains it), or
-            a LongTensor ``edge_index`` (2, E) over flattened positions (row 0 key j in [0, N'),
-            row 1 query i in [0, N)), shared by the batch; or a :class:`~nlgraph.graphs.Latent`
-            (M learned latent nodes, GloRe-style: the block owns ``latent_proj``, a 1x1 conv
-            giving M plain-linear weights B per key position, and every query attends to the M
-            latent keys B^T φ and values B^T g over the full graph, O(N·M); with ``sub_sample``
-            B is computed and pooled like φ and g, so the latent nodes pool the N' sub-sampled
-            positions; every mode is supported, the Gaussian mode projecting the raw pooled
-            input). Normalisation is over N(i): softmax for the Gaussians, division by |N(i)|
-            otherwise (M for Latent); a query without neighbours gets y_i = 0.
+        graph: the edge set N(i), a graph spec (:mod:`nlgraph.graphs.spec`): ``"full"`` (all
+            pairs: the dense block), a :class:`~nlgraph.graphs.KNN` (the k keys with the largest
+            θ_i·φ_j, or nearest in L2 / cosine, rebuilt every forward per sample without
+            gradient), a :class:`~nlgraph.graphs.Window` or
+            :class:`~nlgraph.graphs.TemporalGroups` (position space; with ``sub_sample`` a query
+            maps onto the pooled key cell that contains it), an
+            :class:`~nlgraph.graphs.EdgeIndex` or a plain LongTensor ``edge_index`` (2, E) shared
+            by the batch (row 1 a query position in [0, N), row 0 a key position in [0, N'):
+            with ``sub_sample`` the keys are the *pooled* positions, so an edge_index over input
+            positions needs ``sub_sample=False``), or any other
+            :class:`~nlgraph.graphs.GraphSpec`. Normalisation is over N(i): softmax for the
+            Gaussians, division by |N(i)| otherwise; a query without neighbours gets y_i = 0.
+            To share one graph between blocks or steps, build it once with
+            :meth:`build_graph` and pass it as ``forward(x, graph=...)``.
             (default: ``"full"``)
+        latent (Latent, optional): keys and values are M learned latent nodes
+            (:class:`~nlgraph.graphs.Latent`, GloRe-style): the block owns ``latent_proj``, a
+            1x1 conv giving M plain-linear weights B per key position, and every query attends
+            to the M latent keys B^T φ and values B^T g over the full graph of the M nodes,
+            O(N·M); with ``sub_sample`` B is computed and pooled like φ and g, so the latent
+            nodes pool the N' sub-sampled positions; every mode is supported (the Gaussian mode
+            projects the raw pooled input; the count modes divide by M). ``graph`` must then be
+            ``"full"``. ``graph=Latent(M)`` is still accepted, with a DeprecationWarning, and
+            means ``latent=Latent(M)``. (default: ``None``)
         backend (str): kernel for :func:`nlgraph.ops.nonlocal_aggregate`: ``"auto"``,
             ``"dense"``, ``"regular"``, ``"coo"`` or ``"csr"``. (default: ``"auto"``)
         device, dtype: forwarded to every parameter.
@@ -110,7 +124,7 @@ class _NonLocalBlockNd(nn.Module):
         - input x: (B, C, \*S); N = prod(S) queries; N' = prod(floor(S_d / pool_d)) keys with
           ``sub_sample`` (else N' = N)
         - output z: (B, C, \*S); ``attn.to_dense()``: (B, N, N') (``return_attention=True``),
-          (B, N, M) over the latent nodes with ``graph=Latent(M)``
+          (B, N, M) over the latent nodes with ``latent=Latent(M)``
 
     Attributes:
         theta, phi: ConvNd(C, C', 1) with bias (``None`` in the Gaussian mode)
@@ -119,8 +133,8 @@ class _NonLocalBlockNd(nn.Module):
         norm: BatchNormNd(C) or ``None``
         concat_project: Linear(2C', 1, bias=False), weight [u; w] (θ half first), in the
             concatenation mode only (``None`` otherwise)
-        latent_proj: ConvNd(C, M, 1) with bias, with ``graph=Latent(M)`` only (``None``
-            otherwise, so other graphs keep their state-dict keys)
+        latent_proj: ConvNd(C, M, 1) with bias, with ``latent=Latent(M)`` only (``None``
+            otherwise, so other blocks keep their state-dict keys)
 
     Raises:
         ValueError: an unknown option, a wrong input rank or channel count, or a map too small
@@ -147,7 +161,8 @@ class _NonLocalBlockNd(nn.Module):
         weight_init: str = "pytorch",
         norm_eps: float = 1e-5,
         norm_momentum: float = 0.1,
-        graph: str | KNN | Window | TemporalGroups | Latent | Tensor = "full",
+        graph: str | GraphSpec | Latent | Tensor = "full",
+        latent: Latent | None = None,
         backend: str = "auto",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
@@ -161,7 +176,7 @@ class _NonLocalBlockNd(nn.Module):
         check_choice("pool_placement", pool_placement, PLACEMENTS)
         check_choice("norm", norm, NORMS)
         check_choice("weight_init", weight_init, WEIGHT_INITS)
-        edge_index = self._check_graph(graph)
+        spec, latent = self._check_graph(graph, latent)
         check_choice("backend", backend, ("auto", *KERNELS))
         if not (isinstance(norm_eps, (int, float)) and norm_eps > 0):
             raise ValueError(f"norm_eps: expected a positive float, got {norm_eps!r}")
@@ -177,8 +192,8 @@ class _NonLocalBlockNd(nn.Module):
         self.zero_init = bool(zero_init)
         self.out_bias = bool(out_bias)
         self.weight_init = weight_init
-        self.graph = "edge_index" if edge_index is not None else graph
-        self.register_buffer("edge_index", edge_index, persistent=False)
+        self.graph = spec
+        self.latent = latent
         self.backend = backend
 
         fk: dict[str, Any] = {"device": device, "dtype": dtype}
@@ -198,30 +213,34 @@ class _NonLocalBlockNd(nn.Module):
         self.concat_project = (
             nn.Linear(2 * inter_channels, 1, bias=False, **fk) if mode == "concatenation" else None
         )
-        self.latent_proj = (
-            conv(in_channels, graph.num_nodes, 1, **fk) if isinstance(graph, Latent) else None
-        )
+        self.latent_proj = conv(in_channels, latent.num_nodes, 1, **fk) if latent else None
         self.reset_parameters()
 
     # ------------------------------------------------------------------ construction helpers
-    def _check_graph(self, graph: Any) -> Tensor | None:
-        """Validate ``graph``; return it when it is an ``edge_index`` tensor."""
-        if isinstance(graph, Tensor):
-            if graph.dim() != 2 or graph.shape[0] != 2 or graph.dtype != torch.long:
+    def _check_graph(self, graph: Any, latent: Any) -> tuple[GraphSpec, Latent | None]:
+        """The graph spec and latent option (``graph=Latent(M)``: the deprecated spelling)."""
+        if isinstance(graph, Latent):
+            if latent is not None:
                 raise ValueError(
-                    f"graph: expected an int64 edge_index of shape (2, E), got {describe(graph)}"
+                    f"graph: expected 'full' with latent={latent!r}, got another Latent {graph!r}"
                 )
-            return graph
-        if isinstance(graph, TemporalGroups) and self.dims != 3:
-            raise ValueError(
-                f"graph: expected a 3-D block for TemporalGroups, got a {self.dims}-D block"
+            warnings.warn(
+                "graph=Latent(M) is deprecated: latent nodes are keys and values, not an edge "
+                "set; pass latent=Latent(M)",
+                DeprecationWarning,
+                stacklevel=4,
             )
-        if not (graph == "full" or isinstance(graph, (KNN, Window, TemporalGroups, Latent))):
+            graph, latent = "full", graph
+        if latent is not None and not isinstance(latent, Latent):
+            raise TypeError(f"latent: expected None or a Latent, got {type(latent).__name__}")
+        spec = as_spec(graph)
+        spec.check_dims(self.dims)
+        if latent is not None and not isinstance(spec, Full):
             raise ValueError(
-                "graph: expected 'full', a KNN, Window, TemporalGroups or Latent spec, or an "
-                f"edge_index tensor, got {graph!r}"
+                f"graph: expected 'full' with latent={latent!r} (every query sees the M latent "
+                f"nodes), got {spec!r}"
             )
-        return None
+        return spec, latent
 
     def _normalise_pool_size(self, pool_size: int | tuple[int, ...] | None) -> tuple[int, ...]:
         if pool_size is None:
@@ -270,7 +289,7 @@ class _NonLocalBlockNd(nn.Module):
     # ------------------------------------------------------------------ forward
     def pairwise(self) -> Pairwise:
         """The block's pairwise function (with the concatenation weight when needed)."""
-        if self.mode == "concatenation":
+        if self.concat_project is not None:  # mode "concatenation"
             return Pairwise(self.mode, concat_weight=self.concat_project.weight.reshape(-1))
         scale = self.scale_factor if self.mode == "embedded_gaussian" else 1.0
         return Pairwise(self.mode, scale=scale)
@@ -299,7 +318,7 @@ class _NonLocalBlockNd(nn.Module):
     def embed(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Queries, keys and values, channels last: (B, N, Cq), (B, N', Cq), (B, N', C').
 
-        With ``graph=Latent(M)`` the keys and values are the M latent nodes: (B, M, Cq),
+        With ``latent=Latent(M)`` the keys and values are the M latent nodes: (B, M, Cq),
         (B, M, C').
         """
         pool = self.sub_sample
@@ -314,34 +333,48 @@ class _NonLocalBlockNd(nn.Module):
             x_q = x.to(value.dtype)
             query, key = x_q, (self._pool(x_q) if pool else x_q)
         else:
+            assert self.theta is not None and self.phi is not None  # not in the Gaussian mode
             query, key = self.theta(x), self.phi(x_kv)
             if pool and not before:
                 key = self._pool(key)
         query, key, value = (t.flatten(2).transpose(1, 2) for t in (query, key, value))
-        if self.latent_proj is not None:  # graph=Latent(M): M latent keys and values
+        if self.latent is not None and self.latent_proj is not None:  # M latent keys and values
             weights = self.latent_proj(x_kv)
             if pool and not before:
                 weights = self._pool(weights)
-            key, value = self.graph.project(weights.flatten(2).transpose(1, 2), key, value)
+            key, value = self.latent.project(weights.flatten(2).transpose(1, 2), key, value)
         return query, key, value
 
-    def build_graph(self, x: Tensor, query: Tensor, key: Tensor) -> str | RegularGraph | COOGraph:
-        """The edge set for input ``x`` with embeddings ``query`` (B, N, Cq), ``key`` (B, N', Cq).
+    def graph_context(self, x: Tensor, query: Tensor, key: Tensor) -> GraphContext:
+        """What the block's graph spec builds from, for input ``x`` and its embeddings."""
+        spatial = tuple(x.shape[2:])
+        return GraphContext(
+            num_queries=query.shape[1],
+            num_keys=key.shape[1],
+            device=x.device,
+            batch_size=x.shape[0],
+            query=query,
+            key=key,
+            spatial=spatial,
+            key_spatial=self._key_shape(spatial) if self.latent is None else None,
+            pool_size=self.pool_size if self.sub_sample and self.latent is None else None,
+        )
 
-        Call it once and pass the result as ``forward(x, graph=...)`` to share one graph between
-        several blocks or steps.
+    def build_graph(
+        self, x: Tensor, query: Tensor | None = None, key: Tensor | None = None
+    ) -> Graph:
+        """The edge set for input ``x``: ``"full"``, a RegularGraph or a COOGraph.
+
+        Build it once and pass it as ``forward(x, graph=...)`` to several blocks, or to the same
+        block over several steps, to share one graph explicitly (e.g. one k-NN graph for every
+        block of a stage). ``query`` (B, N, Cq) and ``key`` (B, N', Cq) are the embeddings of
+        ``x`` when the caller already has them (:meth:`embed`); else they are computed here.
         """
-        spec, spatial = self.graph, tuple(x.shape[2:])
-        n, m = query.shape[1], key.shape[1]
-        if isinstance(spec, KNN):
-            return spec.build(query, key)
-        if isinstance(spec, (Window, TemporalGroups)):
-            key_shape = self._key_shape(spatial)
-            return spec.build(spatial, key_shape, self.pool_size if self.sub_sample else None,
-                              device=x.device)  # fmt: skip
-        if spec == "edge_index":
-            return COOGraph(self.edge_index, n, m)
-        return "full"
+        if query is None or key is None:
+            self._check_input(x)
+            with torch.no_grad():
+                query, key, _ = self.embed(x)
+        return self.graph.build(self.graph_context(x, query, key))
 
     def _key_shape(self, spatial: tuple[int, ...]) -> tuple[int, ...]:
         if not self.sub_sample:
@@ -371,19 +404,22 @@ class _NonLocalBlockNd(nn.Module):
         """
         self._check_input(x)
         query, key, value = self.embed(x)
+        given = graph is not None
         if graph is None:
-            graph = self.build_graph(x, query, key)
-        out = nonlocal_aggregate(
-            query, key, value, self.pairwise(),
-            graph=graph, backend=self.backend, return_attention=return_attention,
-        )  # fmt: skip
-        y, attn = out if return_attention else (out, None)
+            graph = self.graph.build(self.graph_context(x, query, key))
+        inp = AggregateInputs(query, key, value, self.pairwise(), graph, bool(return_attention))
+        if given:
+            inp.validate_graph()
+        y, attn = aggregate(inp, self.backend)
         y = y.transpose(1, 2).reshape(x.shape[0], self.inter_channels, *x.shape[2:])
         z = self.w_z(y)
         if self.norm is not None:
             z = self.norm(z)
         z = x + z
-        return (z, attn) if return_attention else z
+        if return_attention:
+            assert attn is not None
+            return z, attn
+        return z
 
     # ------------------------------------------------------------------ presets and layouts
     @classmethod
@@ -392,12 +428,10 @@ class _NonLocalBlockNd(nn.Module):
 
         Args:
             name (str): ``"alexhex7"``, ``"mmcv"``, ``"timm"``, ``"slowfast"`` or ``"caffe2"``
-                (see :mod:`nlgraph.nn.presets` for what each sets).
+                (see :mod:`nlgraph.compat.presets` for what each sets).
             in_channels (int): C.
             **overrides: any constructor argument, replacing the preset's value.
         """
-        from .presets import preset_kwargs
-
         return cls(in_channels, **preset_kwargs(name, in_channels, cls.dims, overrides))
 
     @classmethod
@@ -414,9 +448,7 @@ class _NonLocalBlockNd(nn.Module):
 
         See :func:`nlgraph.compat.from_reference` for the layouts and their semantics.
         """
-        from ..compat import from_reference
-
-        return from_reference(
+        return _from_reference(  # type: ignore[return-value]
             state_dict, layout, dims=cls.dims, mode=mode, sub_sample=sub_sample, **overrides
         )
 
@@ -425,9 +457,7 @@ class _NonLocalBlockNd(nn.Module):
 
         See :func:`nlgraph.compat.to_reference`.
         """
-        from ..compat import to_reference
-
-        return to_reference(self, layout, **kwargs)
+        return _to_reference(self, layout, **kwargs)
 
     def extra_repr(self) -> str:
         parts = [f"{self.in_channels}", f"{self.inter_channels}"]
@@ -439,18 +469,20 @@ class _NonLocalBlockNd(nn.Module):
             out_bias=self.out_bias, weight_init=self.weight_init,
             norm_eps=self.norm.eps if self.norm is not None else 1e-5,
             norm_momentum=self.norm.momentum if self.norm is not None else 0.1,
-            graph=self.graph, backend=self.backend,
+            graph="full" if isinstance(self.graph, Full) else self.graph, latent=self.latent,
+            backend=self.backend,
         )  # fmt: skip
         for key, value in current.items():
-            if key == "graph" and value == "edge_index":
-                parts.append(f"graph=edge_index(E={self.edge_index.shape[1]})")
-            elif value != _DEFAULTS[key]:
+            if value != _DEFAULTS[key]:
                 parts.append(f"{key}={value}")
         return ", ".join(parts)
 
 
-class NonLocalBlock1d(_NonLocalBlockNd):
-    __doc__ = _NonLocalBlockNd.__doc__.replace("``dims``-D", "1-D (sequence)") + (
+_DOC = NonLocalBlockNd.__doc__ or ""
+
+
+class NonLocalBlock1d(NonLocalBlockNd):
+    __doc__ = _DOC.replace("``dims``-D", "1-D (sequence)") + (
         "\n    Example:\n        >>> NonLocalBlock1d(16)(torch.randn(2, 16, 50)).shape\n"
         "        torch.Size([2, 16, 50])\n"
     )
@@ -458,8 +490,8 @@ class NonLocalBlock1d(_NonLocalBlockNd):
     default_pool_size = (2,)
 
 
-class NonLocalBlock2d(_NonLocalBlockNd):
-    __doc__ = _NonLocalBlockNd.__doc__.replace("``dims``-D", "2-D (image)") + (
+class NonLocalBlock2d(NonLocalBlockNd):
+    __doc__ = _DOC.replace("``dims``-D", "2-D (image)") + (
         "\n    Example:\n        >>> NonLocalBlock2d(64)(torch.randn(2, 64, 16, 16)).shape\n"
         "        torch.Size([2, 64, 16, 16])\n"
     )
@@ -467,10 +499,15 @@ class NonLocalBlock2d(_NonLocalBlockNd):
     default_pool_size = (2, 2)
 
 
-class NonLocalBlock3d(_NonLocalBlockNd):
-    __doc__ = _NonLocalBlockNd.__doc__.replace("``dims``-D", "3-D (video)") + (
+class NonLocalBlock3d(NonLocalBlockNd):
+    __doc__ = _DOC.replace("``dims``-D", "3-D (video)") + (
         "\n    Example:\n        >>> NonLocalBlock3d(32)(torch.randn(1, 32, 4, 8, 8)).shape\n"
         "        torch.Size([1, 32, 4, 8, 8])\n"
     )
     dims = 3
     default_pool_size = (1, 2, 2)
+
+
+register_block_classes(
+    NonLocalBlockNd, {1: NonLocalBlock1d, 2: NonLocalBlock2d, 3: NonLocalBlock3d}
+)

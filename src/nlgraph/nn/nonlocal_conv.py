@@ -3,7 +3,7 @@ r"""The non-local operation as a PyTorch Geometric message-passing layer."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, overload
+from typing import Any, cast, overload
 
 import torch
 from torch import Tensor, nn
@@ -11,19 +11,23 @@ from torch_geometric.nn import MessagePassing
 from typing_extensions import Self
 
 from .._validate import (
+    NORMS,
     check_channels_dtype_device,
     check_choice,
+    check_edge_index,
     check_float_tensor,
+    check_index_range,
     check_positive_int,
     describe,
 )
+from ..compat import from_reference
 from ..graphs.base import COOGraph
-from ..ops import nonlocal_aggregate
+from ..ops.aggregate import aggregate
+from ..ops.inputs import AggregateInputs
 from ..pairwise import MODES, Pairwise, check_scale_mode, resolve_scale
 
 __all__ = ["NonLocalConv"]
 
-NORMS: tuple[Any, ...] = ("batch", None)
 #: Constructor arguments of NonLocalConv that the reference blocks do not have.
 _CONV_ONLY = ("residual",)
 
@@ -54,10 +58,15 @@ class NonLocalConv(MessagePassing):
     :math:`W_z = I`, :math:`y` is ``TransformerConv(C, C', heads=1, root_weight=False)``
     with ``lin_query, lin_key, lin_value`` = θ, φ, g.
 
-    The aggregation runs through :func:`nlgraph.ops.nonlocal_aggregate` on the ``edge_index``
-    (the ``"csr"`` sparse-matrix kernel in float32/float64, ``"coo"`` otherwise; the node
-    features as a batch of one): :meth:`propagate` is bypassed, so
-    ``message``/``aggregate`` hooks and PyG's explainer do not see this layer's messages.
+    The aggregation runs through nlgraph's kernels (:func:`nlgraph.ops.nonlocal_aggregate`) on
+    the ``edge_index`` (the ``"csr"`` sparse-matrix kernel in float32/float64, ``"coo"``
+    otherwise; the node features as a batch of one): :meth:`propagate` is bypassed, so
+    ``message``/``aggregate`` hooks and PyG's explainer do not see this layer's messages. The
+    layer keeps the graph it prepared for the last ``edge_index`` it saw (the index-range check,
+    which reads nothing back, and the sparse pattern of the ``csr`` kernel): called again with
+    the same tensor, unmodified, it runs without any host read. A new ``edge_index`` costs one
+    host read to learn whether it is sorted by target, unless it is a PyG
+    :class:`~torch_geometric.EdgeIndex` that knows it is (``sort_order="col"``).
 
     Args:
         in_channels (int): C, node feature width.
@@ -77,7 +86,7 @@ class NonLocalConv(MessagePassing):
         - input: node features (N, C) or bipartite ``(x_src (N_src, C), x_dst (N_dst, C))``;
           edge_index (2, E), row 0 source j in [0, N_src), row 1 target i in [0, N_dst)
         - output: (N_dst, C); with ``return_attention_weights``:
-          ``((N_dst, C), ((2, E), (E,)))``
+          ``((N_dst, C), ((2, E), (E, 1)))``, the weights in PyG's (E, heads) layout
 
     Attributes:
         theta, phi: Linear(C, C') (``None`` in the Gaussian mode); g: Linear(C, C');
@@ -93,7 +102,7 @@ class NonLocalConv(MessagePassing):
         torch.Size([5, 16])
         >>> out, (ei, alpha) = conv(x, edge_index, return_attention_weights=True)
         >>> alpha.shape
-        torch.Size([4])
+        torch.Size([4, 1])
     """
 
     def __init__(
@@ -137,7 +146,14 @@ class NonLocalConv(MessagePassing):
         self.concat_project = (
             nn.Linear(2 * inter_channels, 1, bias=False, **fk) if mode == "concatenation" else None
         )
+        #: (edge_index, its version, N_src, N_dst, the COOGraph prepared for it): see forward.
+        self._graph_cache: tuple[Tensor, int, int, int, COOGraph] | None = None
         self.reset_parameters()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state["_graph_cache"] = None  # a cache, not state: never pickled
+        return state
 
     def reset_parameters(self) -> None:
         """Re-initialise every parameter (PyTorch's default Linear init, norm to identity)."""
@@ -148,7 +164,7 @@ class NonLocalConv(MessagePassing):
 
     def pairwise(self) -> Pairwise:
         """The layer's pairwise function (with the concatenation weight when needed)."""
-        if self.mode == "concatenation":
+        if self.concat_project is not None:  # mode "concatenation"
             return Pairwise(self.mode, concat_weight=self.concat_project.weight.reshape(-1))
         return Pairwise(self.mode, scale=self.scale_factor)
 
@@ -184,11 +200,28 @@ class NonLocalConv(MessagePassing):
                 "edge_index: expected a (2, E) int64 Tensor or a torch.sparse adjacency, "
                 f"got {type(edge_index).__name__}"
             )
-        if edge_index.dim() != 2 or edge_index.shape[0] != 2 or edge_index.dtype != torch.long:
-            raise ValueError(
-                f"edge_index: expected a (2, E) int64 tensor, got {describe(edge_index)}"
-            )
-        return edge_index, False
+        return check_edge_index("edge_index", edge_index), False
+
+    def _graph(self, ei: Tensor, n_src: int, n_dst: int, sparse: bool) -> COOGraph:
+        """The COOGraph of ``ei``: the cached one when ``ei`` is the last edge_index seen and
+        unmodified, else a new one (range-checked without a host read)."""
+        cached = self._graph_cache
+        if (
+            cached is not None
+            and cached[0] is ei
+            and cached[1:4] == (ei._version, n_src, n_dst)
+            and cached[4].edge_index.device == ei.device
+        ):
+            return cached[4]
+        check_index_range("edge_index[0] (sources)", ei[0], n_src)
+        check_index_range("edge_index[1] (targets)", ei[1], n_dst)
+        # Coalesced sparse indices are sorted by target; so is a PyG EdgeIndex sorted by column.
+        is_sorted = True if sparse or getattr(ei, "is_sorted_by_col", False) else None
+        plain = ei.as_tensor() if hasattr(ei, "as_tensor") else ei  # a PyG EdgeIndex: plain
+        graph = COOGraph(plain, n_dst, n_src, is_sorted)
+        graph._cache["checked"] = True
+        self._graph_cache = (ei, ei._version, n_src, n_dst, graph)
+        return graph
 
     # ------------------------------------------------------------------ forward
     @overload
@@ -220,8 +253,9 @@ class NonLocalConv(MessagePassing):
                 ``torch.sparse`` adjacency ``adj_t`` of shape (N_dst, N_src) (PyG's transposed
                 convention; its values are ignored).
             return_attention_weights (bool, optional): when truthy, also return
-                ``(edge_index, alpha)`` with alpha (E,) the weights :math:`w_{ij}` of each edge
-                (for a sparse adjacency: a sparse COO tensor holding alpha). (default: ``None``)
+                ``(edge_index, alpha)`` with alpha (E, 1) the weights :math:`w_{ij}` of each
+                edge, in PyG's (E, heads) layout (for a sparse adjacency: a sparse COO tensor
+                holding alpha). (default: ``None``)
 
         Returns:
             Tensor (N_dst, C), or ``(out, (edge_index, alpha))``.
@@ -233,35 +267,37 @@ class NonLocalConv(MessagePassing):
         if self.mode == "gaussian":
             query, key = x_dst.to(value.dtype), x_src.to(value.dtype)
         else:
+            assert self.theta is not None and self.phi is not None  # not in the Gaussian mode
             query, key = self.theta(x_dst), self.phi(x_src)
-        graph = COOGraph(ei, n_dst, n_src)
-        if n_src == 0:  # no keys: nonlocal_aggregate needs N' >= 1; no edge can exist
+        alpha: Tensor | None = None
+        if n_src == 0:  # no keys: the kernels need N' >= 1; no edge can exist
             if ei.shape[1]:
                 raise IndexError("edge_index[0] (sources): expected no edges, x_src has 0 nodes")
             y = value.new_zeros(n_dst, self.inter_channels)
             alpha = value.new_zeros(0)
         else:
             want_alpha = bool(return_attention_weights)
-            out_ = nonlocal_aggregate(
+            inp = AggregateInputs(
                 query.unsqueeze(0), key.unsqueeze(0), value.unsqueeze(0), self.pairwise(),
-                graph=graph, return_attention=want_alpha,
+                self._graph(ei, n_src, n_dst, sparse), want_alpha,
             )  # fmt: skip
-            if want_alpha:
-                y, alpha = out_[0].squeeze(0), out_[1].edges(0)[1]
-            else:
-                y, alpha = out_.squeeze(0), None
+            y, attn = aggregate(inp)
+            y = y.squeeze(0)
+            if attn is not None:
+                alpha = attn.edges(0)[1]
         z = self.w_z(y)
         if self.norm is not None:
             z = self.norm(z)
         out = x_dst + z if self.residual else z
         if not return_attention_weights:
             return out
+        assert alpha is not None
         if sparse:
             adj = torch.sparse_coo_tensor(
                 ei.flip(0), alpha, (n_dst, n_src), check_invariants=False
             ).coalesce()
             return out, adj
-        return out, (ei, alpha)
+        return out, (ei, alpha.unsqueeze(-1))
 
     # ------------------------------------------------------------------ reference weights
     @classmethod
@@ -293,8 +329,6 @@ class NonLocalConv(MessagePassing):
                 ``sub_sample=False`` where the layout takes it as an argument), plus every error
                 of :func:`nlgraph.compat.from_reference`.
         """
-        from ..compat import from_reference
-
         conv_kwargs = {k: overrides.pop(k) for k in _CONV_ONLY if k in overrides}
         block = from_reference(state_dict, layout, mode=mode, **overrides)
         if block.sub_sample:
@@ -303,14 +337,15 @@ class NonLocalConv(MessagePassing):
                 f"got True for the {layout!r} state_dict; pass sub_sample=False where the layout "
                 "takes it as an argument"
             )
-        w = block.g.weight
+        w = cast(Tensor, block.g.weight)
         conv = cls(
             block.in_channels, block.inter_channels, mode=block.mode, scale=block.scale,
             norm="batch" if block.norm is not None else None, bias=block.out_bias,
             device=w.device, dtype=w.dtype, **conv_kwargs,
         )  # fmt: skip
-        if block.norm is not None:
-            conv.norm.eps, conv.norm.momentum = block.norm.eps, block.norm.momentum
+        if block.norm is not None and conv.norm is not None:
+            conv.norm.eps = cast(float, block.norm.eps)
+            conv.norm.momentum = cast(float, block.norm.momentum)
         theirs = block.state_dict()
         conv.load_state_dict({k: theirs[k].reshape(v.shape) for k, v in conv.state_dict().items()})
         return conv

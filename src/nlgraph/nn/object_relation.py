@@ -13,17 +13,28 @@ from torch.autograd.function import once_differentiable
 from .._validate import (
     check_channels_dtype_device,
     check_choice,
+    check_edge_index,
     check_float_tensor,
+    check_index_range,
     check_positive_int,
     describe,
 )
 from ..attention import Attention
-from ..graphs.base import COOGraph
-from ..graphs.boxes import BoxKNN, box_geometry, box_graph, geometry_embedding, image_runs
+from ..graphs.base import COOGraph, trusted
+from ..graphs.boxes import (
+    BoxKNN,
+    box_geometry,
+    box_graph,
+    build_box_graph,
+    geometry_embedding,
+    image_runs,
+)
 from ..graphs.convert import full_edge_index
+from ..graphs.spec import GraphContext
 from ..nodes import check_batch, check_boxes
-from ..ops import nonlocal_aggregate
+from ..ops.aggregate import aggregate
 from ..ops.dispatch import KERNELS
+from ..ops.inputs import AggregateInputs
 from ..pairwise import Pairwise
 
 __all__ = ["GEOMETRY_MODES", "ObjectRelation"]
@@ -50,7 +61,7 @@ class _EmbeddedGeometryLinear(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, geometry: Tensor, weight: Tensor, bias: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(ctx: Any, geometry: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
         dim = weight.shape[1]
         out = geometry.new_empty(geometry.shape[0], weight.shape[0])
         for start in range(0, geometry.shape[0], GEOMETRY_CHUNK):
@@ -261,8 +272,11 @@ class ObjectRelation(nn.Module):
             raise ValueError(f"boxes: expected device {x.device} (as x), got {boxes.device}")
         boxes = boxes.to(x.dtype)
         batch = check_batch(batch, r, x.device)
+        graph = None
         if edge_index is not None:
             self._check_edge_index(edge_index, r, x.device)
+            graph = COOGraph(edge_index, r, r)
+            graph._cache["checked"] = True
         images = None
         if edge_index is None and self.graph is None and not return_attention:
             images = self._dense_images(batch)
@@ -271,13 +285,14 @@ class ObjectRelation(nn.Module):
         elif images is not None:
             out, attn = self._relate_dense(x, boxes, images), None
         else:
-            if edge_index is None:
-                edge_index = self.build_graph(boxes, batch)
-            out, attn = self._relate(x, boxes, edge_index, return_attention)
+            if graph is None:
+                graph = self._box_graph(boxes, batch)
+            out, attn = self._relate(x, boxes, graph, return_attention)
         result: Tensor | list[Tensor] = out
         if sizes is not None:
             result = list(out.split(sizes))
         if return_attention:
+            assert attn is not None
             return result, attn
         return result
 
@@ -289,18 +304,27 @@ class ObjectRelation(nn.Module):
         v = self.value(x).view(r, h, -1).transpose(0, 1)
         return q, k, v, Pairwise("embedded_gaussian", scale=1.0 / math.sqrt(dk))
 
+    def _box_graph(self, boxes: Tensor, batch: Tensor) -> COOGraph:
+        """The module's edge set on checked boxes, as a COOGraph sorted by query box (two host
+        reads: the image sizes)."""
+        if self.graph is None:
+            r = boxes.shape[0]
+            edges = build_box_graph(boxes, batch, None, "center")
+            return trusted(COOGraph(edges, r, r, query_sorted=True))
+        ctx = GraphContext(boxes.shape[0], boxes.shape[0], boxes.device, boxes=boxes, batch=batch)
+        graph = self.graph.build(ctx)
+        assert isinstance(graph, COOGraph)
+        return graph
+
     def _relate(
-        self, x: Tensor, boxes: Tensor, edge_index: Tensor, return_attention: bool
+        self, x: Tensor, boxes: Tensor, graph: COOGraph, return_attention: bool
     ) -> tuple[Tensor, Attention | None]:
         """Any edge set: one COO aggregation with the heads as the batch."""
         r = x.shape[0]
         q, k, v, pairwise = self._heads(x)
-        bias = self.geometric_bias(boxes, edge_index)
-        y = nonlocal_aggregate(
-            q, k, v, pairwise, graph=COOGraph(edge_index, r, r), backend=self.backend,
-            return_attention=return_attention, edge_bias=bias,
-        )  # fmt: skip
-        y, attn = y if return_attention else (y, None)
+        bias = self.geometric_bias(boxes, graph.edge_index)
+        inp = AggregateInputs(q, k, v, pairwise, graph, return_attention, bias)
+        y, attn = aggregate(inp, self.backend)
         return x + y.transpose(0, 1).reshape(r, self.in_channels), attn
 
     def _dense_images(self, batch: Tensor) -> list[Tensor | slice] | None:
@@ -329,17 +353,8 @@ class ObjectRelation(nn.Module):
             if self.geo is not None:
                 pairs = full_edge_index(n, n, b.device)  # query-major: views as (R_g, R_g)
                 bias = self._log_geometric_weight(b, pairs).view(n, n, -1).permute(2, 0, 1)
-            parts.append(
-                nonlocal_aggregate(
-                    q[:, sel],
-                    k[:, sel],
-                    v[:, sel],
-                    pairwise,
-                    graph="full",
-                    backend=self.backend,
-                    edge_bias=bias,
-                )  # fmt: skip
-            )
+            inp = AggregateInputs(q[:, sel], k[:, sel], v[:, sel], pairwise, "full", False, bias)
+            parts.append(aggregate(inp, self.backend)[0])
         y = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
         if isinstance(images[0], Tensor):  # back from image order to the caller's box order
             order = torch.cat([sel for sel in images if isinstance(sel, Tensor)])
@@ -388,21 +403,12 @@ class ObjectRelation(nn.Module):
 
     @staticmethod
     def _check_edge_index(edge_index: Tensor, r: int, device: torch.device) -> None:
-        if not isinstance(edge_index, Tensor) or edge_index.dtype != torch.long:
-            got = describe(edge_index) if isinstance(edge_index, Tensor) else type(edge_index)
-            raise TypeError(f"edge_index: expected an int64 tensor, got {got}")
-        if edge_index.dim() != 2 or edge_index.shape[0] != 2:
-            raise ValueError(f"edge_index: expected shape (2, E), got {describe(edge_index)}")
+        check_edge_index("edge_index", edge_index)
         if edge_index.device != device:
             raise ValueError(
                 f"edge_index: expected device {device} (as x), got {edge_index.device}"
             )
-        if edge_index.numel():
-            low, high = torch.stack([edge_index.min(), edge_index.max()]).tolist()
-            if low < 0 or high >= r:
-                raise IndexError(
-                    f"edge_index: expected box indices in [0, {r}), got values in [{low}, {high}]"
-                )
+        check_index_range("edge_index", edge_index, r, f" (both rows index the {r} boxes)")
 
     def extra_repr(self) -> str:
         graph = "full" if self.graph is None else f"BoxKNN(k={self.graph.k}, {self.graph.metric!r})"

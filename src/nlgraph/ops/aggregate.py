@@ -12,7 +12,7 @@ from ..pairwise import Pairwise
 from .dispatch import select_kernel
 from .inputs import AggregateInputs
 
-__all__ = ["nonlocal_aggregate"]
+__all__ = ["aggregate", "nonlocal_aggregate"]
 
 
 @overload
@@ -43,6 +43,20 @@ def nonlocal_aggregate(
 ) -> tuple[Tensor, Attention]: ...
 
 
+@overload
+def nonlocal_aggregate(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    pairwise: Pairwise | str,
+    *,
+    graph: str | RegularGraph | COOGraph = ...,
+    backend: str = ...,
+    return_attention: bool,
+    edge_bias: Tensor | None = ...,
+) -> Tensor | tuple[Tensor, Attention]: ...
+
+
 def nonlocal_aggregate(
     query: Tensor,
     key: Tensor,
@@ -71,9 +85,8 @@ def nonlocal_aggregate(
 
     i.e. :math:`f(q_i, k_j) = e^{\beta_{ij}}\, e^{s\, q_i\cdot k_j}`: a per-edge prior
     multiplies the appearance term (relation networks' geometric weight, relative position
-    biases). :math:`\beta = -\infty` drops an edge; a query whose edges are all dropped gets
-    :math:`y_i = 0` on the ``regular`` and ``coo`` kernels but NaN on ``dense`` and ``csr``
-    (avoid it, e.g. floor the bias as :class:`nlgraph.nn.ObjectRelation` does).
+    biases). :math:`\beta = -\infty` drops an edge; a query whose edges are all dropped, like a
+    query without edges, gets :math:`y_i = 0` (and no gradient) on every kernel.
 
     Args:
         query (Tensor): q, (B, N, Cq). For the Gaussian mode the raw input x.
@@ -91,6 +104,10 @@ def nonlocal_aggregate(
             sparse kernel at every size measured, ``benchmarks/results/kernels.md``); in half
             precision or under ``torch.compile`` a RegularGraph goes to ``"regular"`` and a
             COOGraph to ``"coo"``. (default: ``"auto"``)
+            Every input is validated here (shapes, dtypes, devices, the graph's index range:
+            once per graph object and without a host read, see
+            :func:`nlgraph._validate.check_index_range`); the modules, which build consistent
+            inputs themselves, call the unvalidated :func:`aggregate`.
         return_attention (bool): also return the weights as an
             :class:`nlgraph.attention.Attention` (on the full graph this builds the (B, N, N')
             matrix).
@@ -117,8 +134,17 @@ def nonlocal_aggregate(
         pairwise = Pairwise(pairwise)
     inp = AggregateInputs(query, key, value, pairwise, graph, bool(return_attention), edge_bias)
     inp.validate()
-    kernel = select_kernel(inp, backend)
-    y, attn = kernel.apply(inp)
+    y, attn = aggregate(inp, backend)
     if return_attention:
+        assert attn is not None
         return y, attn
     return y
+
+
+def aggregate(inp: AggregateInputs, backend: str = "auto") -> tuple[Tensor, Attention | None]:
+    """Run already consistent inputs on the chosen kernel: ``(y, attn or None)``.
+
+    The modules' path into the kernels: no validation beyond the kernel choice (see
+    :func:`nonlocal_aggregate` for the checked public entry point, shapes and semantics).
+    """
+    return select_kernel(inp, backend).apply(inp)

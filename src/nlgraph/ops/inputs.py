@@ -7,14 +7,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .._validate import check_float_tensor, describe
-from ..graphs.base import COOGraph, RegularGraph
+from .._validate import check_float_tensor, check_index_range, describe
+from ..graphs.base import COOGraph, RegularGraph, trusted
 from ..pairwise import Pairwise
 
-__all__ = ["GRAPHS", "AggregateInputs"]
-
-#: Graph kinds: ``"full"`` (all pairs), ``"regular"`` (RegularGraph), ``"coo"`` (COOGraph).
-GRAPHS: tuple[str, ...] = ("full", "regular", "coo")
+__all__ = ["AggregateInputs", "check_graph_range"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -75,7 +72,7 @@ class AggregateInputs:
             return self.graph.to_regular()
         n, m = self.num_queries, self.num_keys
         index = torch.arange(m, device=self.key.device).expand(1, n, m)
-        return RegularGraph(index, m)
+        return trusted(RegularGraph(index, m))
 
     def coo_graph(self) -> COOGraph:
         """The graph as a :class:`COOGraph` (a regular graph must be shared by the batch)."""
@@ -126,7 +123,7 @@ class AggregateInputs:
             raise ValueError(
                 f"concat_weight: expected shape ({2 * q.shape[2]},) = (2*Cq,), got {got}"
             )
-        self._validate_graph()
+        self.validate_graph()
         self._validate_bias()
 
     def _validate_bias(self) -> None:
@@ -153,7 +150,9 @@ class AggregateInputs:
                 f"{self.graph_kind} graph, got {describe(bias)}"
             )
 
-    def _validate_graph(self) -> None:
+    def validate_graph(self) -> None:
+        """Check the graph against the embeddings: kind, sizes, batch, device, index range (the
+        range once per graph object, without a host read)."""
         g, n, m, b = self.graph, self.num_queries, self.num_keys, self.query.shape[0]
         if isinstance(g, str):
             if g != "full":
@@ -168,25 +167,28 @@ class AggregateInputs:
                 f"graph: expected {n} queries and {m} keys (from query/key), "
                 f"got {g.num_queries} queries and {g.num_keys} keys"
             )
-        if isinstance(g, RegularGraph):
-            if g.index.shape[0] not in (1, b):
-                raise ValueError(
-                    f"graph: expected a RegularGraph index of shape (1 or {b}, {n}, k), "
-                    f"got {tuple(g.index.shape)}"
-                )
-            idx, dev, name = g.index, g.index.device, "graph (key indices)"
-        else:
-            idx, dev, name = g.edge_index[0], g.edge_index.device, "edge_index[0] (keys)"
-            _check_range("edge_index[1] (queries)", g.edge_index[1], n)
+        if isinstance(g, RegularGraph) and g.index.shape[0] not in (1, b):
+            raise ValueError(
+                f"graph: expected a RegularGraph index of shape (1 or {b}, {n}, k), "
+                f"got {tuple(g.index.shape)}"
+            )
+        dev = g.index.device if isinstance(g, RegularGraph) else g.edge_index.device
         if dev != self.query.device:
             raise ValueError(f"graph: expected device {self.query.device}, got {dev}")
-        _check_range(name, idx, m)
+        check_graph_range(g)
 
 
-def _check_range(name: str, idx: Tensor, size: int) -> None:
-    """``IndexError`` unless every entry of ``idx`` lies in [0, size) (reads the values)."""
-    if idx.numel() == 0:
+def check_graph_range(graph: RegularGraph | COOGraph) -> None:
+    """``IndexError`` unless the graph's indices lie in [0, N') (keys) and [0, N) (queries).
+
+    Done once per graph object (graphs from nlgraph's builders are in range by construction)
+    and without a host read on success (:func:`nlgraph._validate.check_index_range`).
+    """
+    if graph._cache.get("checked"):
         return
-    low, high = int(idx.min()), int(idx.max())
-    if low < 0 or high >= size:
-        raise IndexError(f"{name}: expected indices in [0, {size}), got values in [{low}, {high}]")
+    if isinstance(graph, RegularGraph):
+        check_index_range("graph (key indices)", graph.index, graph.num_keys)
+    else:
+        check_index_range("edge_index[0] (keys)", graph.edge_index[0], graph.num_keys)
+        check_index_range("edge_index[1] (queries)", graph.edge_index[1], graph.num_queries)
+    graph._cache["checked"] = True

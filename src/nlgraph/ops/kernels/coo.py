@@ -10,11 +10,13 @@ For edges :math:`(j \to i)` of a :class:`~nlgraph.graphs.COOGraph` shared by the
     y_i = \sum_{e: i_e = i} w_e\, v_{j_e}
 
 (``edge_bias`` :math:`\beta_e`, softmax modes: :math:`s_e \to s_e + \beta_e`), with
-:math:`m_i` the largest logit into query i (stabilisation, no gradient). A query without
-incoming edges gets :math:`y_i = 0`. Duplicate edges count as many times as they appear. The
-segment sums and maxima run on torch-scatter when it is installed (``pip install
-nlgraph[scatter]``), else on plain PyTorch (``scatter_reduce``, ``index_add``), with the same
-numbers; gathers by ``index_select``; autograd; memory O(B·E·C).
+:math:`m_i` the largest logit into query i (stabilisation, no gradient): the segment
+normalisation of :mod:`nlgraph.ops._segment` over the COO query index. A query without
+incoming edges (or with all of them at a :math:`-\infty` bias) gets :math:`y_i = 0`. Duplicate
+edges count as many times as they appear. The segment sums and maxima run on torch-scatter when
+it is installed (``pip install nlgraph[scatter]``), else on plain PyTorch (``scatter_reduce``,
+``index_add``), with the same numbers; gathers by ``index_select``; autograd; memory O(B·E·C);
+no host reads.
 """
 
 from __future__ import annotations
@@ -23,10 +25,11 @@ import torch
 from torch import Tensor
 
 from ...attention import Attention
-from ...graphs.base import COOGraph
+from ...graphs.base import COOGraph, RegularGraph
 from ...pairwise import MODES, Pairwise
+from .._segment import Segments, normalise_segments
 from ..inputs import AggregateInputs
-from ._scatter import segment_amax, segment_sum
+from ._scatter import segment_sum
 from .base import Kernel
 
 __all__ = ["COOKernel", "coo_edge_weights"]
@@ -48,25 +51,16 @@ def coo_edge_weights(
     """(B, E) normalised weights of every edge of ``graph``; ``bias`` (B, E) adds to the logits."""
     b, n, m = q.shape[0], graph.num_queries, graph.num_keys
     src, dst = _flat_edges(graph, b, m)
-    if pw.mode == "concatenation":
-        a, bk = pw.concat_terms(q, k)
-        s = torch.relu(a.reshape(-1).index_select(0, dst) + bk.reshape(-1).index_select(0, src))
+    qo, ko = pw.operands(q, k)
+    if pw.mode == "concatenation":  # the scalar halves a (B, N), b (B, N')
+        raw = qo.reshape(-1).index_select(0, dst) + ko.reshape(-1).index_select(0, src)
     else:
-        qf, kf = q.reshape(b * n, -1), k.reshape(b * m, -1)
-        s = (qf.index_select(0, dst) * kf.index_select(0, src)).sum(-1)
-    if not pw.is_softmax:
-        deg = torch.bincount(graph.edge_index[1], minlength=n).clamp_min(1).to(s.dtype)
-        return s.view(b, -1) / deg.index_select(0, graph.edge_index[1])
-    if pw.scale != 1.0:
-        s = s * pw.scale
+        qf, kf = qo.reshape(b * n, -1), ko.reshape(b * m, -1)
+        raw = (qf.index_select(0, dst) * kf.index_select(0, src)).sum(-1)
+    logits = pw.edge_logits(raw)
     if bias is not None:
-        s = s + bias.reshape(-1)
-    top = segment_amax(s.detach(), dst, b * n)
-    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
-    e = torch.exp(s - top.index_select(0, dst))
-    den = segment_sum(e, dst, b * n)
-    w = e / den.index_select(0, dst).clamp_min(torch.finfo(e.dtype).tiny)
-    return w.view(b, -1)
+        logits = logits + bias.reshape(-1)
+    return normalise_segments(pw.normaliser, logits, Segments(dst, b * n)).view(b, -1)
 
 
 class COOKernel(Kernel):
@@ -83,7 +77,7 @@ class COOKernel(Kernel):
     def not_supported_reasons(cls, inp: AggregateInputs) -> list[str]:
         reasons = super().not_supported_reasons(inp)
         graph = inp.graph
-        if inp.graph_kind == "regular" and graph.index.shape[0] != 1:
+        if isinstance(graph, RegularGraph) and graph.index.shape[0] != 1:
             reasons.append("a RegularGraph with one graph per sample (coo needs a shared graph)")
         return reasons
 

@@ -8,10 +8,11 @@ for each edge :math:`e = (j \to i)`:
     S = \mathrm{SDDMM}(Q, K) \;(\text{the logits } q_i\cdot k_j \text{ at the stored entries}),\quad
     W = \mathrm{normalise}_{\text{rows}}(S),\quad Y = W V \;(\text{SpMM}),
 
-where normalise is the softmax over each row (Gaussian modes, logits times ``scale`` plus the
-``edge_bias`` of each entry when one is given) or the
-division by the row's entry count (dot product, concatenation; for concatenation
-:math:`s_e = \mathrm{ReLU}(a_i + b_j)` on the scalar halves). Backward uses the same products,
+where normalise is the shared row normalisation of :mod:`nlgraph.ops._segment`: the softmax
+over each row (Gaussian modes, logits times ``scale`` plus the ``edge_bias`` of each entry when
+one is given) or the division by the row's entry count (dot product, concatenation; for
+concatenation :math:`s_e = \mathrm{ReLU}(a_i + b_j)` on the scalar halves). Backward uses the
+same products,
 
 .. math::
     dW = \mathrm{SDDMM}(dY, V),\quad dV = W^\top dY,\quad
@@ -24,16 +25,20 @@ training memory is O(B·(N + N')·C + E) and the products run as MKL (CPU) or cu
 sparse routines. A query without neighbours gets y_i = 0; duplicate edges count as many times
 as they appear.
 
-It serves :class:`~nlgraph.graphs.RegularGraph` (padding dropped; shared or one graph per
-sample) and :class:`~nlgraph.graphs.COOGraph` inputs in float32 and float64, outside
-``torch.compile`` tracing (PyTorch does not compile sparse tensors; the ``regular`` kernel runs
-there).
+It serves :class:`~nlgraph.graphs.RegularGraph` inputs (shared or one graph per sample) as
+rows of exactly k entries: padding slots stay in the pattern, pointing at an extra all-zero key
+and value column, with weight 0 (no boolean selection, so no host read, and whatever the
+nominal padding index points at never reaches the result). :class:`~nlgraph.graphs.COOGraph`
+inputs are rows of any length, sorted by query once (a COOGraph not known to be sorted is
+checked once, one host read). The pattern and its transpose are built once per graph object and
+batch size and cached on the graph: a graph shared by blocks or steps is prepared once. float32
+and float64, outside ``torch.compile`` tracing (PyTorch does not compile sparse tensors; the
+``regular`` kernel runs there).
 """
 
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -42,137 +47,27 @@ from torch.autograd.function import once_differentiable
 
 from ...attention import Attention
 from ...graphs.base import COOGraph, RegularGraph
-from ...pairwise import MODES, SOFTMAX_MODES
+from ...pairwise import MODES, edge_logits, edge_logits_backward, normaliser
+from .._segment import (
+    Segments,
+    normalise_rows,
+    normalise_rows_backward,
+    normalise_segments,
+    normalise_segments_backward,
+)
 from ..inputs import AggregateInputs
 from .base import Kernel
 
 __all__ = ["CSRKernel", "CSRStructure", "csr_aggregate", "csr_structure"]
 
-# PyTorch warns once per process that sparse CSR support is "beta"; the operations used here
-# (sampled_addmm, CSR @ dense) are stable and tested against the other kernels.
-warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
-# Newer PyTorch also warns that check_invariants=False skips the checks: the patterns built here
-# are valid by construction (sorted rows, in-range columns; tests compare against references).
-warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
 
-
-@dataclass(frozen=True, eq=False)
-class CSRStructure:
-    """The sparsity pattern of a batch's edges as a (B·N, B·N') CSR matrix.
-
-    Attributes:
-        crow (Tensor): (B·N + 1,) row pointers (int64).
-        col (Tensor): (E,) column (flattened key) of each stored entry, row-major order.
-        degree (Tensor): (B·N,) entries per row.
-        k (int | None): the common row length when every row has exactly k entries (then the
-            row of entry e is e // k and the per-row reductions are views), else ``None``.
-        shape (tuple[int, int]): (B·N, B·N').
-        rows (Tensor, optional): (E,) row (flattened query) of each entry; required when
-            ``k`` is ``None``.
-        order (Tensor, optional): for a COOGraph whose edges were not sorted by query, the
-            position in ``edge_index`` of each stored entry of one sample (``None``: the same
-            order).
-    """
-
-    crow: Tensor
-    col: Tensor
-    degree: Tensor
-    k: int | None
-    shape: tuple[int, int]
-    rows: Tensor | None = None
-    order: Tensor | None = None
-
-    @property
-    def nnz(self) -> int:
-        """E, the number of stored entries."""
-        return self.col.shape[0]
-
-    def matrix(self, values: Tensor) -> Tensor:
-        """The sparse CSR matrix with this pattern and ``values`` (E,)."""
-        return torch.sparse_csr_tensor(
-            self.crow, self.col, values, self.shape, check_invariants=False
-        )
-
-    def transposed(self) -> tuple[Tensor, Tensor, Tensor]:
-        """(crow_t, col_t, perm): the transpose in CSR; entry t of it is entry perm[t] here."""
-        perm = _stable_argsort(self.col, self.shape[1])
-        counts = torch.bincount(self.col, minlength=self.shape[1])
-        crow_t = torch.zeros(self.shape[1] + 1, dtype=torch.long, device=self.col.device)
-        torch.cumsum(counts, 0, out=crow_t[1:])
-        if self.k is not None:
-            return crow_t, torch.div(perm, self.k, rounding_mode="floor"), perm
-        assert self.rows is not None
-        return crow_t, self.rows.index_select(0, perm), perm
-
-    def per_entry(self, per_row: Tensor) -> Tensor:
-        """(E,) the value of each entry's row, from ``per_row`` (B·N,)."""
-        if self.k is not None:
-            return per_row.unsqueeze(-1).expand(-1, self.k).reshape(-1)
-        assert self.rows is not None
-        return per_row.index_select(0, self.rows)
-
-    def per_entry_degree(self, dtype: torch.dtype) -> Tensor:
-        """(E,) the entry count of each entry's row (the mean's divisor, at least 1)."""
-        return self.per_entry(self.degree.clamp_min(1).to(dtype))
-
-    def row_sum(self, values: Tensor) -> Tensor:
-        """(B·N,) sum of ``values`` (E,) over each row."""
-        if self.k is not None:
-            return values.view(-1, self.k).sum(-1)
-        assert self.rows is not None
-        return values.new_zeros(self.shape[0]).index_add_(0, self.rows, values)
-
-    def row_softmax(self, logits: Tensor) -> Tensor:
-        """Softmax of ``logits`` (E,) within each row (rows without entries stay empty)."""
-        if self.k is not None:
-            return torch.softmax(logits.view(-1, self.k), dim=-1).view(-1)
-        assert self.rows is not None
-        top = logits.new_full((self.shape[0],), float("-inf"))
-        top = top.scatter_reduce_(0, self.rows, logits, "amax")
-        e = torch.exp(logits - top.index_select(0, self.rows))
-        den = e.new_zeros(self.shape[0]).index_add_(0, self.rows, e)
-        return e / den.index_select(0, self.rows)
-
-
-def csr_structure(graph: RegularGraph | COOGraph, batch: int) -> CSRStructure:
-    """The (B·N, B·N') CSR pattern of ``graph`` repeated (or, per sample, stacked) over the batch.
-
-    A RegularGraph without mask keeps its k-per-row layout (no sort, row reductions as views);
-    padding slots are dropped; a COOGraph is sorted by query (stable: each row keeps the order
-    of its edges).
-    """
-    if isinstance(graph, RegularGraph):
-        idx, n, m = graph.index, graph.num_queries, graph.num_keys
-        idx = idx.expand(batch, -1, -1)
-        offset = torch.arange(batch, device=idx.device).view(batch, 1, 1) * m
-        col = (idx + offset).reshape(-1)
-        rows = batch * n
-        if graph.mask is None:
-            k = graph.k
-            crow = torch.arange(0, rows * k + 1, k, device=idx.device)
-            degree = torch.full((rows,), k, dtype=torch.long, device=idx.device)
-            return CSRStructure(crow, col, degree, k, (rows, batch * m))
-        mask = graph.mask.expand(batch, -1, -1)
-        keep = mask.reshape(-1)
-        col = col[keep]
-        row = torch.arange(rows, device=idx.device).repeat_interleave(graph.k)[keep]
-        degree = mask.sum(-1).reshape(-1)
-        order = None
-    else:
-        n, m = graph.num_queries, graph.num_keys
-        src, dst = graph.edge_index
-        order = None
-        if dst.numel() > 1 and not bool((dst[1:] >= dst[:-1]).all()):  # PyG graphs often are
-            order = _stable_argsort(dst, n)
-            src, dst = src.index_select(0, order), dst.index_select(0, order)
-        offset = torch.arange(batch, device=src.device).unsqueeze(1)
-        col = (src + offset * m).reshape(-1)
-        row = (dst + offset * n).reshape(-1)
-        rows = batch * n
-        degree = torch.bincount(row, minlength=rows)
-    crow = torch.zeros(rows + 1, dtype=torch.long, device=col.device)
-    torch.cumsum(degree, 0, out=crow[1:])
-    return CSRStructure(crow, col, degree, None, (rows, batch * m), row, order)
+def _sparse_csr(crow: Tensor, col: Tensor, values: Tensor, shape: tuple[int, int]) -> Tensor:
+    """A CSR tensor without invariant checks (the patterns here are valid by construction),
+    with PyTorch's "beta" and "checks disabled" warnings silenced here only."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+        warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
+        return torch.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)
 
 
 def _stable_argsort(values: Tensor, bound: int) -> Tensor:
@@ -181,36 +76,183 @@ def _stable_argsort(values: Tensor, bound: int) -> Tensor:
     return torch.argsort(keys, stable=True)
 
 
+def _pointers(sorted_index: Tensor, size: int) -> Tensor:
+    """(size + 1,) CSR row pointers of a sorted row index (no host read)."""
+    return torch._convert_indices_from_coo_to_csr(sorted_index, size)
+
+
+class CSRStructure:
+    """The sparsity pattern of a batch's edges as a (B·N, columns) CSR matrix.
+
+    Attributes:
+        crow (Tensor): (B·N + 1,) row pointers (int64).
+        col (Tensor): (E,) column (flattened key) of each stored entry, row-major order.
+        shape (tuple[int, int]): (B·N, B·N'), or (B·N, B·N' + 1) with ``mask``: the last column
+            is the zero key/value row that padding entries point at.
+        k (int | None): the common row length of a RegularGraph (then the rows are views of
+            (B·N, k) blocks), else ``None``.
+        mask (Tensor, optional): (B·N, k) bool, False on padding entries (RegularGraph only).
+        rows (Tensor, optional): (E,) row (flattened query) of each entry (COOGraph only).
+        order (Tensor, optional): for a COOGraph whose edges were not sorted by query, the
+            position in ``edge_index`` of each stored entry of one sample (``None``: the same
+            order).
+    """
+
+    def __init__(
+        self,
+        crow: Tensor,
+        col: Tensor,
+        shape: tuple[int, int],
+        *,
+        k: int | None = None,
+        mask: Tensor | None = None,
+        rows: Tensor | None = None,
+        order: Tensor | None = None,
+    ) -> None:
+        self.crow, self.col, self.shape = crow, col, shape
+        self.k, self.mask, self.rows, self.order = k, mask, rows, order
+        self._transposed: tuple[Tensor, Tensor, Tensor] | None = None
+
+    @property
+    def nnz(self) -> int:
+        """E, the number of stored entries."""
+        return self.col.shape[0]
+
+    @property
+    def padded(self) -> bool:
+        """True when the pattern has padding entries (and the extra zero column)."""
+        return self.mask is not None
+
+    def segments(self) -> Segments:
+        """The rows as :class:`~nlgraph.ops._segment.Segments` (COOGraph patterns)."""
+        assert self.rows is not None
+        return Segments(self.rows, self.shape[0], self.crow)
+
+    def matrix(self, values: Tensor) -> Tensor:
+        """The sparse CSR matrix with this pattern and ``values`` (E,)."""
+        return _sparse_csr(self.crow, self.col, values, self.shape)
+
+    def transposed(self, values: Tensor) -> Tensor:
+        """The transpose, in CSR, of the matrix with ``values`` (one stable sort, cached)."""
+        if self._transposed is None:
+            perm = _stable_argsort(self.col, self.shape[1])
+            crow_t = _pointers(self.col.index_select(0, perm), self.shape[1])
+            if self.k is not None:
+                col_t = torch.div(perm, self.k, rounding_mode="floor")
+            else:
+                assert self.rows is not None
+                col_t = self.rows.index_select(0, perm)
+            self._transposed = (crow_t, col_t, perm)
+        crow_t, col_t, perm = self._transposed
+        return _sparse_csr(crow_t, col_t, values.index_select(0, perm), self.shape[::-1])
+
+    def normalise(self, mode: str, logits: Tensor) -> Tensor:
+        """Row-normalised weights (E,) of the logits (E,)."""
+        if self.k is not None:
+            w = normalise_rows(normaliser(mode), logits.view(-1, self.k), self.mask)
+            return w.view(-1)
+        return normalise_segments(normaliser(mode), logits, self.segments())
+
+    def normalise_backward(self, mode: str, w: Tensor, dw: Tensor) -> Tensor:
+        """The gradient (E,) of :meth:`normalise` with respect to its logits."""
+        if self.k is not None:
+            ds = normalise_rows_backward(
+                normaliser(mode), w.view(-1, self.k), dw.view(-1, self.k), self.mask
+            )
+            return ds.view(-1)
+        return normalise_segments_backward(normaliser(mode), w, dw, self.segments())
+
+    def per_entry(self, per_row: Tensor) -> Tensor:
+        """(E,) the value of each entry's row, from ``per_row`` (B·N,)."""
+        if self.k is not None:
+            return per_row.unsqueeze(-1).expand(-1, self.k).reshape(-1)
+        assert self.rows is not None
+        return per_row.index_select(0, self.rows)
+
+    def row_sum(self, values: Tensor) -> Tensor:
+        """(B·N,) sum of ``values`` (E,) over each row."""
+        if self.k is not None:
+            return values.view(-1, self.k).sum(-1)
+        return self.segments().row_sum(values)
+
+
+def _query_sorted(graph: COOGraph) -> bool:
+    """Whether ``graph``'s edges are grouped by query: its flag, else one check (cached)."""
+    if graph.query_sorted is not None:
+        return graph.query_sorted
+    known = graph._cache.get("query_sorted")
+    if known is None:
+        dst = graph.edge_index[1]
+        known = dst.numel() < 2 or bool((dst[1:] >= dst[:-1]).all())  # one host read
+        graph._cache["query_sorted"] = known
+    return known
+
+
+def csr_structure(graph: RegularGraph | COOGraph, batch: int) -> CSRStructure:
+    """The CSR pattern of ``graph`` repeated (or, per sample, stacked) over the batch.
+
+    Built once per graph object and batch size, then taken from the graph's cache. A
+    RegularGraph keeps its k-per-row layout (padding entries point at an extra zero column); a
+    COOGraph is sorted by query (stable: each row keeps the order of its edges).
+    """
+    cached = graph._cache.get(("csr", batch))
+    if cached is not None:
+        return cached
+    if isinstance(graph, RegularGraph):
+        idx, n, m, k = graph.index, graph.num_queries, graph.num_keys, graph.k
+        rows = batch * n
+        offset = torch.arange(batch, device=idx.device).view(batch, 1, 1) * m
+        col = idx.expand(batch, -1, -1) + offset
+        mask = None
+        columns = batch * m
+        if graph.mask is not None:
+            mask = graph.mask.expand(batch, -1, -1).reshape(rows, k)
+            col = torch.where(mask.view(batch, n, k), col, columns)
+            columns += 1
+        crow = torch.arange(0, rows * k + 1, k, device=idx.device)
+        structure = CSRStructure(crow, col.reshape(-1), (rows, columns), k=k, mask=mask)
+    else:
+        n, m = graph.num_queries, graph.num_keys
+        src, dst = graph.edge_index
+        order = None
+        if not _query_sorted(graph):
+            order = _stable_argsort(dst, n)
+            src, dst = src.index_select(0, order), dst.index_select(0, order)
+        offset = torch.arange(batch, device=src.device).unsqueeze(1)
+        col = (src + offset * m).reshape(-1)
+        row = (dst + offset * n).reshape(-1)
+        crow = _pointers(row, batch * n)
+        structure = CSRStructure(crow, col, (batch * n, batch * m), rows=row, order=order)
+    graph._cache[("csr", batch)] = structure
+    return structure
+
+
 def _sddmm(pattern: CSRStructure, a: Tensor, b: Tensor) -> Tensor:
-    """(E,) values a[row_e] · b[col_e] for a (B·N, C) and b (B·N', C)."""
+    """(E,) values a[row_e] · b[col_e] for a (rows, C) and b (columns, C)."""
     zeros = a.new_zeros(pattern.nnz)
     out = torch.sparse.sampled_addmm(pattern.matrix(zeros), a, b.t(), beta=0.0)
     return out.values()
 
 
-def _logits(mode: str, pattern: CSRStructure, q: Tensor, k: Tensor) -> Tensor:
-    """(E,) scores before normalisation (concatenation: before the ReLU)."""
-    if mode == "concatenation":  # q (B·N,) = a, k (B·N',) = b
+def _raw(mode: str, pattern: CSRStructure, q: Tensor, k: Tensor) -> Tensor:
+    """(E,) raw interactions: q_i·k_j (SDDMM), or a_i + b_j for concatenation."""
+    if mode == "concatenation":  # q (B·N,) = a, k (columns,) = b
         return pattern.per_entry(q) + k.index_select(0, pattern.col)
     return _sddmm(pattern, q, k)
 
 
-def _normalise(
-    mode: str, scale: float, pattern: CSRStructure, s: Tensor, bias: Tensor | None = None
+def _weights(
+    mode: str, scale: float, pattern: CSRStructure, raw: Tensor, bias: Tensor | None
 ) -> Tensor:
-    if mode in SOFTMAX_MODES:
-        logits = s * scale if scale != 1.0 else s
-        return pattern.row_softmax(logits if bias is None else logits + bias)
-    if mode == "concatenation":
-        s = torch.relu(s)
-    return s / pattern.per_entry_degree(s.dtype)
+    logits = edge_logits(mode, scale, raw)
+    return pattern.normalise(mode, logits if bias is None else logits + bias)
 
 
 class _CSRAggregate(torch.autograd.Function):
     """Y = normalise(SDDMM(Q, K)) @ V with sparse-matrix backward (module docstring)."""
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any,
         mode: str,
         scale: float,
@@ -220,43 +262,29 @@ class _CSRAggregate(torch.autograd.Function):
         value: Tensor,
         bias: Tensor | None,
     ) -> Tensor:
-        s = _logits(mode, pattern, query, key)
-        w = _normalise(mode, scale, pattern, s, bias)
+        raw = _raw(mode, pattern, query, key)
+        w = _weights(mode, scale, pattern, raw, bias)
         ctx.mode, ctx.scale, ctx.pattern = mode, scale, pattern
-        # concatenation needs the sign of the pre-activation; the softmax modes only w.
-        ctx.save_for_backward(query, key, value, w, s if mode == "concatenation" else None)
+        # concatenation needs the sign of the pre-activation; the other modes only w.
+        ctx.save_for_backward(query, key, value, w, raw if mode == "concatenation" else None)
         return pattern.matrix(w) @ value
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
-        query, key, value, w, s = ctx.saved_tensors
+        query, key, value, w, raw = ctx.saved_tensors
         mode, scale, pattern = ctx.mode, ctx.scale, ctx.pattern
         grad_out = grad_out.contiguous()
-        crow_t, col_t, perm = pattern.transposed()
-        shape_t = (pattern.shape[1], pattern.shape[0])
-
-        def transposed(values: Tensor) -> Tensor:
-            vals = values.index_select(0, perm)
-            return torch.sparse_csr_tensor(crow_t, col_t, vals, shape_t, check_invariants=False)
-
-        dv = transposed(w) @ grad_out
-        dw = _sddmm(pattern, grad_out, value)
-        dbias = None
-        if mode in SOFTMAX_MODES:
-            ds = w * (dw - pattern.per_entry(pattern.row_sum(w * dw)))
-            dbias = ds if ctx.needs_input_grad[6] else None
-            if scale != 1.0:
-                ds = ds * scale
-        else:
-            ds = dw / pattern.per_entry_degree(dw.dtype)
+        dv = pattern.transposed(w) @ grad_out
+        ds = pattern.normalise_backward(mode, w, _sddmm(pattern, grad_out, value))
+        dbias = ds if ctx.needs_input_grad[6] else None
+        draw = edge_logits_backward(mode, scale, ds, raw)
         if mode == "concatenation":
-            ds = ds * (s > 0).to(ds.dtype)
-            dq = pattern.row_sum(ds)
-            dk = ds.new_zeros(pattern.shape[1]).index_add_(0, pattern.col, ds)
+            dq = pattern.row_sum(draw)
+            dk = draw.new_zeros(pattern.shape[1]).index_add_(0, pattern.col, draw)
         else:
-            dq = pattern.matrix(ds) @ key
-            dk = transposed(ds) @ query
+            dq = pattern.matrix(draw) @ key
+            dk = pattern.transposed(draw) @ query
         return None, None, None, dq, dk, dv, dbias
 
 
@@ -267,40 +295,36 @@ def csr_aggregate(
     key: Tensor,
     value: Tensor,
     graph: RegularGraph | COOGraph,
-    pattern: CSRStructure | None = None,
     bias: Tensor | None = None,
 ) -> Tensor:
     """Aggregate over ``graph`` by sparse-matrix products: y (B, N, Cv).
 
     For concatenation, ``query``/``key`` are the scalar halves a (B, N) and b (B, N').
-    ``pattern`` is ``csr_structure(graph, B)`` when the caller already has it. ``bias`` adds to
-    the softmax logits: (B, N, k) for a RegularGraph, (B, E) for a COOGraph.
+    ``scale`` multiplies the softmax logits (1 for the other modes); ``bias`` adds to them:
+    (B, N, k) for a RegularGraph, (B, E) for a COOGraph.
     """
     batch, n = query.shape[0], query.shape[1]
-    if pattern is None:
-        pattern = csr_structure(graph, batch)
-    q, k, v = _flat(query), _flat(key), _flat(value)
-    entry_bias = None if bias is None else _entry_bias(bias, graph, pattern)
+    pattern = csr_structure(graph, batch)
+    q, k, v = _flat(query), _flat(key, pattern.padded), _flat(value, pattern.padded)
+    entry_bias = None if bias is None else _entry_bias(bias, pattern)
     y = _CSRAggregate.apply(mode, scale, pattern, q, k, v, entry_bias)
     return y.view(batch, n, value.shape[-1])
 
 
-def _entry_bias(bias: Tensor, graph: RegularGraph | COOGraph, pattern: CSRStructure) -> Tensor:
+def _entry_bias(bias: Tensor, pattern: CSRStructure) -> Tensor:
     """(E_total,) the bias of each stored entry, in CSR order (autograd maps gradients back)."""
-    batch = bias.shape[0]
-    if isinstance(graph, RegularGraph):
-        flat = bias.reshape(-1)
-        if graph.mask is not None:
-            flat = flat[graph.mask.expand(batch, -1, -1).reshape(-1)]
-        return flat
     if pattern.order is not None:
         bias = bias.index_select(1, pattern.order)
     return bias.reshape(-1)
 
 
-def _flat(t: Tensor) -> Tensor:
-    """(B, N, C) → contiguous (B·N, C); the concatenation halves (B, N) → (B·N,)."""
-    return (t.flatten(0, 1) if t.dim() == 3 else t.reshape(-1)).contiguous()
+def _flat(t: Tensor, null_row: bool = False) -> Tensor:
+    """(B, N, C) → contiguous (B·N, C); the concatenation halves (B, N) → (B·N,); with
+    ``null_row`` an all-zero row appended (the column that padding entries point at)."""
+    flat = (t.flatten(0, 1) if t.dim() == 3 else t.reshape(-1)).contiguous()
+    if null_row:
+        flat = torch.cat([flat, flat.new_zeros(1, *flat.shape[1:])])
+    return flat
 
 
 class CSRKernel(Kernel):
@@ -324,17 +348,15 @@ class CSRKernel(Kernel):
     @classmethod
     def apply(cls, inp: AggregateInputs) -> tuple[Tensor, Attention | None]:
         pw = inp.pairwise
-        q, k = inp.query, inp.key
-        if pw.mode == "concatenation":
-            q, k = pw.concat_terms(q, k)
-        scale = pw.scale if pw.is_softmax else 1.0
-        graph = inp.graph if inp.graph_kind != "full" else inp.regular_graph()
-        pattern = csr_structure(graph, q.shape[0])
+        q, k = pw.operands(inp.query, inp.key)
+        graph = (
+            inp.graph if isinstance(inp.graph, (RegularGraph, COOGraph)) else inp.regular_graph()
+        )
         bias = inp.batched_bias()
-        y = csr_aggregate(pw.mode, scale, q, k, inp.value, graph, pattern, bias)
+        y = csr_aggregate(pw.mode, pw.logit_scale, q, k, inp.value, graph, bias)
         attn = None
         if inp.return_attention:
-            attn = _attention(pw.mode, scale, q, k, graph, pattern, bias)
+            attn = _attention(pw.mode, pw.logit_scale, q, k, graph, bias)
         return y, attn
 
 
@@ -344,19 +366,15 @@ def _attention(
     q: Tensor,
     k: Tensor,
     graph: RegularGraph | COOGraph,
-    pattern: CSRStructure,
     bias: Tensor | None,
 ) -> Attention:
     """The normalised weights in the graph's own layout (recomputed from q and k)."""
     batch, n = q.shape[0], q.shape[1]
-    entry_bias = None if bias is None else _entry_bias(bias, graph, pattern)
-    s = _logits(mode, pattern, _flat(q), _flat(k))
-    w = _normalise(mode, scale, pattern, s, entry_bias)
-    if isinstance(graph, RegularGraph):
-        if graph.mask is not None:  # padding slots get weight 0
-            full = w.new_zeros(batch * n * graph.k)
-            full[graph.mask.expand(batch, -1, -1).reshape(-1)] = w
-            w = full
+    pattern = csr_structure(graph, batch)
+    entry_bias = None if bias is None else _entry_bias(bias, pattern)
+    raw = _raw(mode, pattern, _flat(q), _flat(k, pattern.padded))
+    w = _weights(mode, scale, pattern, raw, entry_bias)
+    if isinstance(graph, RegularGraph):  # padding entries already weigh 0
         return Attention.from_regular(w.view(batch, n, graph.k), graph)
     w = w.view(batch, graph.num_edges)
     if pattern.order is not None:  # back from query order to the order of edge_index
@@ -367,5 +385,5 @@ def _attention(
 
 
 def _is_compiling() -> bool:
-    compiler = getattr(torch, "compiler", None)
-    return bool(compiler is not None and compiler.is_compiling())
+    """True while ``torch.compile`` traces (sparse tensors cannot be traced)."""
+    return bool(torch.compiler.is_compiling())

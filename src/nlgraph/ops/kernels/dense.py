@@ -14,8 +14,12 @@ r"""The ``dense`` kernel: all pairs, with exact fast paths and no N×N' tensor.
   work, O((N + N')·Cv) memory; autograd through sort, gathers and cumulative sums gives the
   exact gradient (the ReLU kink has measure zero).
 - ``edge_bias`` (softmax modes): the (B, N, N') bias is SDPA's additive ``attn_mask``, one
-  head per sample (no query split).
-- ``return_attention=True`` builds the (B, N, N') weights and multiplies them with v.
+  head per sample (no query split). A query whose every bias is :math:`-\infty` has no edge
+  left: it gets y_i = 0 and no gradient, as on every kernel (SDPA alone returns NaN there, and
+  its backward spreads the NaN to every key). Such rows run with a zero bias and their output
+  is zeroed.
+- ``return_attention=True`` builds the (B, N, N') weights with the shared normalisation of
+  :mod:`nlgraph.ops._segment` and multiplies them with v.
 """
 
 from __future__ import annotations
@@ -64,10 +68,13 @@ def softmax_fused(
     elif d < dv:
         q, k = F.pad(q, (0, dv - d)), F.pad(k, (0, dv - d))
     if bias is not None:
+        # A row without any finite bias has no edge: run it with bias 0, then zero its output.
+        empty = torch.isneginf(bias).all(-1, keepdim=True)  # (B or 1, N, 1)
+        bias = bias.masked_fill(empty, 0.0)
         out = F.scaled_dot_product_attention(
             q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1), attn_mask=bias.unsqueeze(1), scale=scale
         )
-        return out.squeeze(1)[..., :dv]
+        return out.squeeze(1)[..., :dv].masked_fill(empty, 0.0)
     batch, n, width = q.shape
     parts = _query_splits(q, k, v)
     rows = -(-n // parts)

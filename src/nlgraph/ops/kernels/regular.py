@@ -5,16 +5,20 @@ and validity mask :math:`M`:
 
 .. math::
     s_{il} = f(q_i, k_{J_{il}}),\qquad
-    w_{il} = \begin{cases} \mathrm{softmax}_{l: M_{il}}(s_{il}) & \text{Gaussian modes} \\
-             M_{il}\, s_{il} / \max(1, \sum_l M_{il}) & \text{dot product, concatenation}\end{cases}
-    ,\qquad y_i = \sum_l w_{il}\, v_{J_{il}}
+    w_{il} = \mathrm{normalise}_{l:\, M_{il}}(s_{il}),\qquad
+    y_i = \sum_l w_{il}\, v_{J_{il}}
 
-An ``edge_bias`` :math:`\beta_{il}` adds to the softmax logits :math:`s_{il}` (its gradient is
-the softmax's). A query with no valid neighbour gets :math:`y_i = 0`. Queries are processed in chunks and the
-backward pass recomputes the gathered keys and values chunk by chunk (a custom
-:class:`torch.autograd.Function`), so no (B, N, k, C) tensor is kept alive for backward: training
-memory is O(B·N·(C + k)) plus one chunk. The concatenation mode runs on the scalar halves
-:math:`a_i = u\cdot q_i` and :math:`b_j = w\cdot k_j` (autograd maps their gradients back).
+with the normalisation of :mod:`nlgraph.ops._segment` (softmax for the Gaussian modes, division
+by the number of valid slots otherwise; a query with no valid neighbour gets :math:`y_i = 0`).
+An ``edge_bias`` :math:`\beta_{il}` adds to the softmax logits (its gradient is the softmax's).
+Padding slots gather an all-zero key and value row appended after the real ones, so whatever the
+key/value rows they nominally point at hold (NaN included) never reaches an output or gradient.
+
+Queries are processed in chunks and the backward pass recomputes the gathered keys and values
+chunk by chunk (a custom :class:`torch.autograd.Function`), so no (B, N, k, C) tensor is kept
+alive for backward: training memory is O(B·N·(C + k)) plus one chunk. The concatenation mode
+runs on the scalar halves :math:`a_i = u\cdot q_i` and :math:`b_j = w\cdot k_j` (autograd maps
+their gradients back). No tensor value is read on the host.
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ from torch.autograd.function import once_differentiable
 
 from ...attention import Attention
 from ...graphs.base import RegularGraph
-from ...pairwise import MODES
+from ...pairwise import MODES, edge_logits, edge_logits_backward, normaliser
+from .._segment import normalise_rows, normalise_rows_backward
 from ..inputs import AggregateInputs
 from .base import Kernel
 
@@ -38,38 +43,58 @@ __all__ = ["RegularKernel", "regular_aggregate"]
 CHUNK_ELEMENTS = 1 << 20
 
 
-def _flat_index(index: Tensor, batch: int, num_keys: int, start: int, stop: int) -> Tensor:
-    """(B, n, k) row indices into keys flattened to (B·N', C) for queries [start, stop)."""
-    idx = index[:, start:stop]
-    offsets = torch.arange(batch, device=idx.device).view(batch, 1, 1) * num_keys
-    return (idx + offsets).expand(batch, -1, -1)
+def _flat_rows(t: Tensor, batch: int, num_keys: int, padded: bool) -> Tensor:
+    """(B, N', ...) flattened to (B·N', ...) (a view); with ``padded`` an all-zero row appended
+    at index B·N' for the padding slots to read."""
+    flat = t.reshape(batch * num_keys, *t.shape[2:])
+    if not padded:
+        return flat
+    return torch.cat([flat, flat.new_zeros(1, *flat.shape[1:])])
 
 
-def _weights(
-    mode: str, scale: float, s: Tensor, mask: Tensor | None, bias: Tensor | None = None
-) -> Tensor:
-    """Normalise the (B, n, k) scores over the valid neighbours (empty rows give 0)."""
-    if mode in ("gaussian", "embedded_gaussian"):
-        logits = s * scale if scale != 1.0 else s
+class _Chunk:
+    """The gathered operands and weights of the queries [start, stop) (recomputed in backward)."""
+
+    def __init__(
+        self,
+        mode: str,
+        scale: float,
+        query: Tensor,
+        keys: Tensor,
+        values: Tensor,
+        index: Tensor,
+        mask: Tensor | None,
+        bias: Tensor | None,
+        num_keys: int,
+        start: int,
+        stop: int,
+    ) -> None:
+        batch = query.shape[0]
+        idx = index[:, start:stop]
+        offsets = torch.arange(batch, device=idx.device).view(batch, 1, 1) * num_keys
+        flat = (idx + offsets).expand(batch, -1, -1)
+        self.mask = None if mask is None else mask[:, start:stop].expand(batch, -1, -1)
+        if self.mask is not None:  # padding slots read the zero row at the end
+            flat = torch.where(self.mask, flat, keys.shape[0] - 1)
+        self.flat = flat.reshape(-1)
+        self.kg = keys.index_select(0, self.flat).view(*flat.shape, *keys.shape[1:])
+        self.vg = values.index_select(0, self.flat).view(*flat.shape, values.shape[-1])
+        self.qc = query[:, start:stop]
+        if mode == "concatenation":  # query (B, N) = a, key (B·N' + 1,) = b
+            self.raw = self.qc.unsqueeze(-1) + self.kg
+        else:
+            self.raw = torch.einsum("bnc,bnkc->bnk", self.qc, self.kg)
+        logits = edge_logits(mode, scale, self.raw)
         if bias is not None:
-            logits = logits + bias
-        if mask is not None:
-            logits = logits.masked_fill(~mask, float("-inf"))
-        top = logits.amax(-1, keepdim=True)
-        top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
-        e = torch.exp(logits - top)
-        return e / e.sum(-1, keepdim=True).clamp_min(torch.finfo(e.dtype).tiny)
-    if mask is None:
-        return s / s.shape[-1]
-    count = mask.sum(-1, keepdim=True).clamp_min(1).to(s.dtype)
-    return s.masked_fill(~mask, 0.0) / count
+            logits = logits + bias[:, start:stop]
+        self.w = normalise_rows(normaliser(mode), logits, self.mask)
 
 
 class _RegularAggregate(torch.autograd.Function):
     """y = Σ_l w_il v_{J_il} with recomputation in backward (see the module docstring)."""
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any,
         mode: str,
         scale: float,
@@ -84,14 +109,14 @@ class _RegularAggregate(torch.autograd.Function):
         ctx.mode, ctx.scale, ctx.chunk = mode, scale, chunk
         ctx.save_for_backward(query, key, value, index, mask, bias)
         ctx.has_mask, ctx.has_bias = mask is not None, bias is not None
-        batch, n = query.shape[0], query.shape[1]
+        batch, n, num_keys = query.shape[0], query.shape[1], key.shape[1]
+        keys = _flat_rows(key, batch, num_keys, mask is not None)
+        values = _flat_rows(value, batch, num_keys, mask is not None)
         out = value.new_empty(batch, n, value.shape[-1])
         for start in range(0, n, chunk):
             stop = min(start + chunk, n)
-            _, _, w, vg = _chunk_forward(
-                mode, scale, query, key, value, index, mask, start, stop, bias
-            )
-            out[:, start:stop] = torch.einsum("bnk,bnkc->bnc", w, vg)
+            c = _Chunk(mode, scale, query, keys, values, index, mask, bias, num_keys, start, stop)
+            out[:, start:stop] = torch.einsum("bnk,bnkc->bnc", c.w, c.vg)
         return out
 
     @staticmethod
@@ -101,72 +126,34 @@ class _RegularAggregate(torch.autograd.Function):
         grad_out = grad_out.contiguous()
         mask = mask if ctx.has_mask else None
         bias = bias if ctx.has_bias else None
-        dbias = torch.zeros_like(bias) if ctx.needs_input_grad[8] else None
+        dbias = torch.zeros_like(bias) if bias is not None and ctx.needs_input_grad[8] else None
         mode, scale = ctx.mode, ctx.scale
         batch, n, num_keys = query.shape[0], query.shape[1], key.shape[1]
+        keys = _flat_rows(key, batch, num_keys, mask is not None)
+        values = _flat_rows(value, batch, num_keys, mask is not None)
         dq = torch.zeros_like(query)
-        dk = torch.zeros_like(key).reshape(batch * num_keys, *key.shape[2:])
-        dv = torch.zeros_like(value).reshape(batch * num_keys, value.shape[-1])
+        dk = torch.zeros_like(keys)
+        dv = torch.zeros_like(values)
         for start in range(0, n, ctx.chunk):
             stop = min(start + ctx.chunk, n)
-            flat, kg, w, vg = _chunk_forward(
-                mode, scale, query, key, value, index, mask, start, stop, bias
-            )
-            m = None if mask is None else mask[:, start:stop]
+            c = _Chunk(mode, scale, query, keys, values, index, mask, bias, num_keys, start, stop)
             gy = grad_out[:, start:stop]
-            dw = torch.einsum("bnc,bnkc->bnk", gy, vg)
-            dv.index_add_(0, flat.reshape(-1), (w.unsqueeze(-1) * gy.unsqueeze(2)).flatten(0, 2))
-            if mode in ("gaussian", "embedded_gaussian"):
-                ds = w * (dw - (w * dw).sum(-1, keepdim=True))
-                if dbias is not None:
-                    dbias[:, start:stop] = ds
-                ds = ds * scale
-            else:
-                count = kg.shape[2] if m is None else m.sum(-1, keepdim=True).clamp_min(1)
-                ds = dw / count
-                if m is not None:
-                    ds = ds.masked_fill(~m, 0.0)
+            dw = torch.einsum("bnc,bnkc->bnk", gy, c.vg)
+            dv.index_add_(0, c.flat, (c.w.unsqueeze(-1) * gy.unsqueeze(2)).flatten(0, 2))
+            ds = normalise_rows_backward(normaliser(mode), c.w, dw, c.mask)
+            if dbias is not None:
+                dbias[:, start:stop] = ds
+            draw = edge_logits_backward(mode, scale, ds, c.raw)
             if mode == "concatenation":
-                qc = query[:, start:stop]
-                ds = ds * ((qc.unsqueeze(-1) + kg) > 0).to(ds.dtype)
-                dq[:, start:stop] = ds.sum(-1)
-                dk.index_add_(0, flat.reshape(-1), ds.reshape(-1))
+                dq[:, start:stop] = draw.sum(-1)
+                dk.index_add_(0, c.flat, draw.reshape(-1))
             else:
-                qc = query[:, start:stop]
-                dq[:, start:stop] = torch.einsum("bnk,bnkc->bnc", ds, kg)
-                dk.index_add_(
-                    0, flat.reshape(-1), (ds.unsqueeze(-1) * qc.unsqueeze(2)).flatten(0, 2)
-                )
-        return None, None, dq, dk.view_as(key), dv.view_as(value), None, None, None, dbias
-
-
-def _chunk_forward(
-    mode: str,
-    scale: float,
-    query: Tensor,
-    key: Tensor,
-    value: Tensor,
-    index: Tensor,
-    mask: Tensor | None,
-    start: int,
-    stop: int,
-    bias: Tensor | None = None,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Flat index, gathered keys, weights and gathered values for queries [start, stop)."""
-    batch, num_keys = key.shape[0], key.shape[1]
-    flat = _flat_index(index, batch, num_keys, start, stop)
-    m = None if mask is None else mask[:, start:stop].expand(batch, -1, -1)
-    k_flat = key.reshape(batch * num_keys, *key.shape[2:])
-    kg = k_flat.index_select(0, flat.reshape(-1)).view(*flat.shape, *key.shape[2:])
-    vg = value.reshape(batch * num_keys, -1).index_select(0, flat.reshape(-1))
-    vg = vg.view(*flat.shape, value.shape[-1])
-    qc = query[:, start:stop]
-    if mode == "concatenation":  # query (B, N) = a, key (B, N') = b
-        s = torch.relu(qc.unsqueeze(-1) + kg)
-    else:
-        s = torch.einsum("bnc,bnkc->bnk", qc, kg)
-    b = None if bias is None else bias[:, start:stop]
-    return flat, kg, _weights(mode, scale, s, m, b), vg
+                dq[:, start:stop] = torch.einsum("bnk,bnkc->bnc", draw, c.kg)
+                dk.index_add_(0, c.flat, (draw.unsqueeze(-1) * c.qc.unsqueeze(2)).flatten(0, 2))
+        if mask is not None:  # drop the padding row
+            dk, dv = dk[:-1], dv[:-1]
+        dk, dv = dk.view_as(key), dv.view_as(value)
+        return None, None, dq, dk, dv, None, None, None, dbias
 
 
 def regular_aggregate(
@@ -181,7 +168,8 @@ def regular_aggregate(
 ) -> Tensor:
     """Aggregate over a regular graph. For concatenation, query/key are a (B, N) and b (B, N').
 
-    ``bias`` (B, N, k) adds to the softmax logits (``edge_bias``).
+    ``scale`` multiplies the softmax logits (1 for the other modes); ``bias`` (B, N, k) adds to
+    them (``edge_bias``).
     """
     batch, n, k = query.shape[0], query.shape[1], graph.k
     width = max(key.shape[-1] if key.dim() == 3 else 1, value.shape[-1])
@@ -209,16 +197,14 @@ class RegularKernel(Kernel):
     def apply(cls, inp: AggregateInputs) -> tuple[Tensor, Attention | None]:
         graph = inp.regular_graph()
         pw = inp.pairwise
-        q, k = inp.query, inp.key
-        if pw.mode == "concatenation":
-            q, k = pw.concat_terms(q, k)
-        scale = pw.scale if pw.is_softmax else 1.0
+        q, k = pw.operands(inp.query, inp.key)
         bias = inp.batched_bias()
-        y = regular_aggregate(pw.mode, scale, q, k, inp.value, graph, bias=bias)
+        y = regular_aggregate(pw.mode, pw.logit_scale, q, k, inp.value, graph, bias=bias)
         attn = None
         if inp.return_attention:
-            w = _attention_weights(pw.mode, scale, q, k, graph, bias)
-            attn = Attention.from_regular(w, graph)
+            attn = Attention.from_regular(
+                _attention_weights(pw.mode, pw.logit_scale, q, k, graph, bias), graph
+            )
         return y, attn
 
 
@@ -226,9 +212,8 @@ def _attention_weights(
     mode: str, scale: float, q: Tensor, k: Tensor, graph: RegularGraph, bias: Tensor | None
 ) -> Tensor:
     """(B, N, k) weights of every slot (0 on padding)."""
-    batch = q.shape[0]
-    mask = None if graph.mask is None else graph.mask.expand(batch, -1, -1)
-    _, _, w, _ = _chunk_forward(
-        mode, scale, q, k, k.new_zeros(*k.shape[:2], 1), graph.index, mask, 0, q.shape[1], bias
-    )
-    return w if mask is None else w.masked_fill(~mask, 0.0)
+    batch, num_keys = q.shape[0], k.shape[1]
+    keys = _flat_rows(k, batch, num_keys, graph.mask is not None)
+    values = keys.new_zeros(keys.shape[0], 1)
+    c = _Chunk(mode, scale, q, keys, values, graph.index, graph.mask, bias, num_keys, 0, q.shape[1])
+    return c.w

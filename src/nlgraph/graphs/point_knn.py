@@ -4,25 +4,38 @@ r"""Exact, memory-blocked k-nearest-neighbour builders with PyG's signatures.
 ``torch_geometric.nn.knn_graph`` and return the same ``edge_index``, but run on plain PyTorch
 (PyG's versions need pyg-lib). The search is exact and blocked over the queries: for a block of
 query rows :math:`y_b` (at most ``block_size``) and the points :math:`x` of their graphs, one
-``addmm`` into a reused buffer gives
+``addmm`` into a reused buffer gives the scores
 
 .. math::
-    d_{ij} = \lVert x_j \rVert^2 - 2\, y_i \cdot x_j
-    \quad (= \lVert y_i - x_j \rVert^2 - \lVert y_i \rVert^2,\ \text{same order per row})
+    s_{ij} = 2\, y_i \cdot x_j - \lVert x_j \rVert^2
+    \quad (= \lVert y_i \rVert^2 - \lVert y_i - x_j \rVert^2,\ \text{same order per row,
+    reversed})
 
-and ``topk`` picks each row's k smallest, so peak memory is O(block_size · N) rather than N × M.
+and a tie-aware top-k picks each row's k largest (the k nearest), so peak memory is
+O(block_size · N) rather than N × M.
 ``cosine=True`` (or ``metric="cosine"``) ranks by the cosine distance
 :math:`1 - \hat y_i \cdot \hat x_j` (rows scaled to unit norm; a zero row has similarity 0 to
 everything); ``metric="ip"`` ranks by the inner product :math:`y_i \cdot x_j`, largest first.
 
-**Ties** are broken towards the lower index of ``x``, deterministically on every device: the
-``k + 1`` best of a row are re-sorted by (distance, index), and a row whose k-th and
-(k+1)-th distances are equal is re-ranked with a stable sort of the whole row.
+**Ties** are broken towards the lower index of ``x``, deterministically on every device: each
+row's k nearest are selected by (distance, index) with
+:func:`nlgraph.graphs._topk.topk_tie_low`, the exact tie-aware top-k shared by nlgraph's
+builders.
 
 **Output order:** queries in increasing order, each query's neighbours nearest first.
 
-**Batches** follow PyG: ``batch_x``/``batch_y`` are sorted int64 graph ids; a query only sees the
-points of its own graph and gets ``min(k, number of candidates)`` neighbours.
+**Batches** follow PyG: ``batch_x``/``batch_y`` are sorted integer graph ids (any integer dtype,
+used as int64); a query only sees the points of its own graph and gets
+``min(k, number of candidates)`` neighbours. 1-D ``x``/``y`` are one feature per point
+(``x.view(-1, 1)``, as torch-cluster does).
+
+**PyG-only arguments.** ``num_workers`` and ``batch_size`` are accepted in PyG's positional
+places so that PyG code calling ``torch_geometric.nn.knn``/``knn_graph`` can call these
+instead. ``num_workers`` (pyg-lib/torch-cluster: CPU worker threads, used only without batch
+vectors) is validated and has no other effect: the search runs on torch's intra-op threads
+(``torch.set_num_threads``), or faiss's OpenMP threads with ``backend="faiss"``.
+``batch_size`` is PyG's number of examples B: when given, the graph count is taken from it
+instead of read from the batch vectors' last id.
 """
 
 from __future__ import annotations
@@ -30,7 +43,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._validate import check_choice, check_float_tensor, check_positive_int, describe
+from .._validate import check_bool, check_choice, check_float_tensor, check_positive_int, describe
+from ._topk import topk_tie_low
 
 __all__ = ["knn", "knn_graph"]
 
@@ -41,14 +55,8 @@ BACKENDS: tuple[str, ...] = ("torch", "faiss")
 FLOWS: tuple[str, ...] = ("source_to_target", "target_to_source")
 
 
-def _check_bool(name: str, value: object) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name}: expected a bool, got {type(value).__name__} {value!r}")
-    return value
-
-
 def _resolve_metric(cosine: bool, metric: str | None) -> str:
-    _check_bool("cosine", cosine)
+    check_bool("cosine", cosine)
     if metric is None:
         return "cosine" if cosine else "l2"
     check_choice("metric", metric, METRICS)
@@ -58,23 +66,32 @@ def _resolve_metric(cosine: bool, metric: str | None) -> str:
 
 
 def _check_points(name: str, t: object) -> Tensor:
+    """A floating-point (num_points, features) tensor; 1-D is one feature per point."""
     t = check_float_tensor(name, t)
+    if t.dim() == 1:
+        return t.view(-1, 1)
     if t.dim() != 2:
-        raise ValueError(f"{name}: expected a 2-D (num_points, features) tensor, got {describe(t)}")
+        raise ValueError(
+            f"{name}: expected a 1-D (num_points,) or 2-D (num_points, features) tensor, "
+            f"got {describe(t)}"
+        )
     return t
 
 
 def _ptr(name: str, batch: Tensor | None, n: int, x: Tensor) -> Tensor | None:
-    """Validate a batch vector and return it on ``x``'s device (``None`` stays ``None``)."""
+    """Validate a batch vector; return it as int64 on ``x``'s device (``None`` stays ``None``)."""
     if batch is None:
         return None
     if not isinstance(batch, Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(batch).__name__}")
-    if batch.dtype != torch.long or batch.dim() != 1 or batch.numel() != n:
+    integer = not (
+        batch.dtype.is_floating_point or batch.dtype.is_complex or batch.dtype == torch.bool
+    )
+    if not integer or batch.dim() != 1 or batch.numel() != n:
         raise ValueError(
-            f"{name}: expected a 1-D int64 tensor of length {n}, got {describe(batch)}"
+            f"{name}: expected a 1-D integer tensor of length {n}, got {describe(batch)}"
         )
-    batch = batch.to(x.device)
+    batch = batch.to(device=x.device, dtype=torch.long)
     if n and bool(batch[0] < 0):
         raise ValueError(f"{name}: expected non-negative graph ids, got {int(batch.min())}")
     if n > 1 and not bool((batch[1:] >= batch[:-1]).all()):
@@ -83,11 +100,41 @@ def _ptr(name: str, batch: Tensor | None, n: int, x: Tensor) -> Tensor | None:
 
 
 def _offsets(batch: Tensor | None, n: int, num_graphs: int) -> list[int]:
-    """Start of each graph's points, plus ``n`` at the end (PyG's ``ptr``), as Python ints."""
+    """Start of each graph's points, plus ``n`` at the end (PyG's ``ptr``), as Python ints.
+
+    Has more than ``num_graphs + 1`` entries when ``batch`` holds an id >= ``num_graphs``.
+    """
     if batch is None:
         return [0] + [n] * num_graphs
     counts = torch.bincount(batch, minlength=num_graphs).cumsum(0).tolist()
     return [0, *counts]
+
+
+def _graph_offsets(
+    batch_x: Tensor | None,
+    batch_y: Tensor | None,
+    n_x: int,
+    n_y: int,
+    batch_size: int | None,
+    names: tuple[str, str],
+) -> tuple[list[int], list[int]]:
+    """The offsets of x's and y's graphs over ``batch_size`` graphs when it is given (checked
+    against the ids without reading their maximum), else over the largest id + 1."""
+    same = batch_y is not None and batch_y is batch_x
+    vectors = [b for b in ((batch_x,) if same else (batch_x, batch_y)) if b is not None]
+    if batch_size is None:
+        num_graphs = 1 + max([int(b[-1]) for b in vectors if b.numel()], default=0)
+    else:
+        num_graphs = batch_size
+    ptr_x = _offsets(batch_x, n_x, num_graphs)
+    ptr_y = ptr_x if same else _offsets(batch_y, n_y, num_graphs)
+    for name, ptr in zip(names, (ptr_x, ptr_y)):
+        if len(ptr) - 1 > num_graphs:  # bincount grew past minlength: an id >= batch_size
+            raise ValueError(
+                f"batch_size: expected an int >= {len(ptr) - 1} (the number of graphs in "
+                f"{name}), got {batch_size}"
+            )
+    return ptr_x, ptr_y
 
 
 @torch.no_grad()
@@ -108,14 +155,14 @@ def _search_torch(
     """
     m = y.shape[0]
     dev = x.device
+    # Scores, larger = nearer (the top-k then needs no negated copy of the block): cosine
+    # similarity, inner product, or 2 y.x - |x|^2 (the negated l2 distance up to |y|^2).
     if metric == "cosine":
-        xs = -torch.nn.functional.normalize(x, dim=1)
+        xs = torch.nn.functional.normalize(x, dim=1)
         ys = torch.nn.functional.normalize(y, dim=1)
-    elif metric == "ip":
-        xs, ys = -x, y  # d = y . (-x): smallest first is largest inner product first
     else:
         xs, ys = x, y
-    bias = (x * x).sum(1) if metric == "l2" else None
+    bias = -(x * x).sum(1) if metric == "l2" else None
 
     graph_of_y = torch.repeat_interleave(
         torch.arange(len(ptr_y) - 1, device=dev), torch.tensor(ptr_y, device=dev).diff()
@@ -140,23 +187,23 @@ def _search_torch(
         span, rows = xe - xs0, qe - qs
         if span == 0:
             continue
-        d = buffer[: rows * span].view(rows, span)
+        s = buffer[: rows * span].view(rows, span)
         if bias is None:
-            torch.mm(ys[qs:qe], xs[xs0:xe].T, out=d)
+            torch.mm(ys[qs:qe], xs[xs0:xe].T, out=s)
         else:
-            torch.addmm(bias[xs0:xe], ys[qs:qe], xs[xs0:xe].T, alpha=-2.0, out=d)
+            torch.addmm(bias[xs0:xe], ys[qs:qe], xs[xs0:xe].T, alpha=2.0, out=s)
         g_rows = graph_of_y[qs:qe]
         if mixed:  # hide the points of the other graphs in the block
             g_cols = torch.repeat_interleave(
                 torch.arange(len(ptr_x) - 1, device=dev)[g_rows[0] : g_rows[-1] + 1],
                 size_x[g_rows[0] : g_rows[-1] + 1],
             )
-            d.masked_fill_(g_rows[:, None] != g_cols[None, :], float("inf"))
+            s.masked_fill_(g_rows[:, None] != g_cols[None, :], float("-inf"))
         r = torch.arange(rows, device=dev)
         if self_index is not None:
-            d[r, self_index[qs:qe] - xs0] = float("inf")
+            s[r, self_index[qs:qe] - xs0] = float("-inf")
         count = (size_x[g_rows] - int(self_index is not None)).clamp_(max=k)  # neighbours per query
-        idx = _topk_ties_low(d, k)
+        idx = topk_tie_low(s, k, order="score")  # the -inf entries come last, cut by count
         keep = torch.arange(idx.shape[1], device=dev)[None, :] < count[:, None]
         rows_out.append((r + qs)[:, None].expand_as(idx)[keep])
         cols_out.append((idx + xs0)[keep])
@@ -164,24 +211,6 @@ def _search_torch(
         empty = torch.empty(0, dtype=torch.long, device=dev)
         return empty, empty
     return torch.cat(rows_out), torch.cat(cols_out)
-
-
-def _topk_ties_low(d: Tensor, k: int) -> Tensor:
-    """Column indices of each row's ``min(k, cols)`` smallest, ordered by (value, index)."""
-    span = d.shape[1]
-    if span <= k + 1:
-        return torch.sort(d, dim=1, stable=True).indices[:, :k]
-    vals, idx = torch.topk(d, k + 1, dim=1, largest=False, sorted=False)
-    idx, perm = idx.sort(dim=1)
-    vals = vals.gather(1, perm)
-    vals, perm = vals.sort(dim=1, stable=True)
-    idx = idx.gather(1, perm)
-    # A tie across the k-th place may hide a lower index outside the k + 1: re-rank exactly.
-    tied = (vals[:, k - 1] == vals[:, k]) & (vals[:, k - 1] != float("inf"))
-    if bool(tied.any()):
-        rows = tied.nonzero().squeeze(1)
-        idx[rows] = torch.sort(d[rows], dim=1, stable=True).indices[:, : k + 1]
-    return idx[:, :k]
 
 
 def _search_faiss(
@@ -265,14 +294,17 @@ def _prepare(
     batch_x: Tensor | None,
     batch_y: Tensor | None,
     cosine: bool,
+    num_workers: object,
+    batch_size: object,
     metric: str | None,
     block_size: object,
     backend: object,
     batch_names: tuple[str, str] = ("batch_x", "batch_y"),
 ) -> tuple[Tensor, Tensor, int, list[int], list[int], str, int, str]:
     """Validate the common arguments; return them with the graphs' offsets."""
+    same_points = y is x
     x = _check_points("x", x)
-    y = _check_points("y", y)
+    y = x if same_points else _check_points("y", y)
     if y.shape[1] != x.shape[1] or y.dtype != x.dtype or y.device != x.device:
         raise ValueError(
             f"y: expected {x.shape[1]} features, dtype {x.dtype} and device {x.device} as x, "
@@ -283,16 +315,14 @@ def _prepare(
         block_size = min(1024, max(64, AUTO_BLOCK_ELEMENTS // max(1, x.shape[0])))
     block_size = check_positive_int("block_size", block_size)
     metric = _resolve_metric(cosine, metric)
+    check_positive_int("num_workers", num_workers)  # accepted for PyG; no other effect
+    if batch_size is not None:
+        batch_size = check_positive_int("batch_size", batch_size)
     check_choice("backend", backend, BACKENDS)
+    same_batch = same_points and batch_y is batch_x
     batch_x = _ptr(batch_names[0], batch_x, x.shape[0], x)
-    batch_y = (
-        batch_x if y is x and batch_y is batch_x else _ptr(batch_names[1], batch_y, y.shape[0], x)
-    )
-    num_graphs = 1 + max(
-        [int(b[-1]) for b in (batch_x, batch_y) if b is not None and b.numel()], default=0
-    )
-    ptr_x = _offsets(batch_x, x.shape[0], num_graphs)
-    ptr_y = _offsets(batch_y, y.shape[0], num_graphs)
+    batch_y = batch_x if same_batch else _ptr(batch_names[1], batch_y, y.shape[0], x)
+    ptr_x, ptr_y = _graph_offsets(batch_x, batch_y, x.shape[0], y.shape[0], batch_size, batch_names)
     return x, y, k, ptr_x, ptr_y, metric, block_size, backend  # type: ignore[return-value]
 
 
@@ -303,6 +333,8 @@ def knn(
     batch_x: Tensor | None = None,
     batch_y: Tensor | None = None,
     cosine: bool = False,
+    num_workers: int = 1,
+    batch_size: int | None = None,
     *,
     metric: str | None = None,
     block_size: int | None = None,
@@ -317,13 +349,24 @@ def knn(
     (``metric="ip"``) distance, ties towards the lower j (see the module docstring).
 
     Args:
-        x (Tensor): points :math:`X \in \mathbb{R}^{N \times F}`, floating point.
-        y (Tensor): queries :math:`Y \in \mathbb{R}^{M \times F}`, same dtype and device.
+        x (Tensor): points :math:`X \in \mathbb{R}^{N \times F}`, floating point; 1-D is
+            (N, 1).
+        y (Tensor): queries :math:`Y \in \mathbb{R}^{M \times F}`, same dtype and device;
+            1-D is (M, 1).
         k (int): neighbours per query; a query whose graph has fewer points gets them all.
-        batch_x (Tensor, optional): sorted int64 graph id of each point of x. ``None``: one
-            graph (graph 0). (default: ``None``)
-        batch_y (Tensor, optional): sorted int64 graph id of each query. (default: ``None``)
+        batch_x (Tensor, optional): sorted graph id of each point of x, any integer dtype
+            (used as int64). ``None``: one graph (graph 0). (default: ``None``)
+        batch_y (Tensor, optional): sorted graph id of each query, as batch_x.
+            (default: ``None``)
         cosine (bool, optional): rank by cosine distance. (default: ``False``)
+        num_workers (int, optional): PyG's CPU worker count, accepted for compatibility: it
+            must be a positive int and has no other effect (the search uses torch's intra-op
+            threads, see ``torch.set_num_threads``). (default: ``1``)
+        batch_size (int, optional): PyG's number of examples B, i.e. of graphs. When given,
+            the graph count is not read from the batch vectors; it must be at least the
+            largest graph id + 1 (``ValueError`` otherwise), and graphs past the ids are
+            empty. ``None``: the largest id + 1. Without batch vectors it is only validated.
+            (default: ``None``)
         metric (str, optional): ``"l2"``, ``"cosine"`` or ``"ip"`` (inner product, largest
             first); ``None`` follows ``cosine``. (default: ``None``)
         block_size (int, optional): query rows per block; memory is O(block_size · N).
@@ -337,7 +380,8 @@ def knn(
         x, queries ascending and each query's neighbours nearest first.
 
     Shapes:
-        - x: (N, F), y: (M, F), batch_x: (N,), batch_y: (M,) -> (2, E), E <= M·k
+        - x: (N, F) or (N,), y: (M, F) or (M,), batch_x: (N,), batch_y: (M,) -> (2, E),
+          E <= M·k
 
     Example:
         >>> x = torch.tensor([[-1.0, -1.0], [-1.0, 1.0], [1.0, -1.0], [1.0, 1.0]])
@@ -347,7 +391,7 @@ def knn(
                 [0, 1, 2, 3]])
     """
     x, y, k, ptr_x, ptr_y, metric, block_size, backend = _prepare(
-        x, y, k, batch_x, batch_y, cosine, metric, block_size, backend
+        x, y, k, batch_x, batch_y, cosine, num_workers, batch_size, metric, block_size, backend
     )
     search = _search_faiss if backend == "faiss" else _search_torch
     rows, cols = search(x, y, k, ptr_x, ptr_y, metric, block_size, None)
@@ -361,6 +405,8 @@ def knn_graph(
     loop: bool = False,
     flow: str = "source_to_target",
     cosine: bool = False,
+    num_workers: int = 1,
+    batch_size: int | None = None,
     *,
     metric: str | None = None,
     block_size: int | None = None,
@@ -377,14 +423,20 @@ def knn_graph(
     e.g. with more than k duplicates of lower index).
 
     Args:
-        x (Tensor): points :math:`X \in \mathbb{R}^{N \times F}`, floating point.
+        x (Tensor): points :math:`X \in \mathbb{R}^{N \times F}`, floating point; 1-D is
+            (N, 1).
         k (int): neighbours per point.
-        batch (Tensor, optional): sorted int64 graph id of each point. (default: ``None``)
+        batch (Tensor, optional): sorted graph id of each point, any integer dtype (used as
+            int64). (default: ``None``)
         loop (bool, optional): keep self-loops (the point is then one of its own k).
             (default: ``False``)
         flow (str, optional): ``"source_to_target"`` (row 0 = neighbour j, row 1 = point i) or
             ``"target_to_source"`` (rows swapped). (default: ``"source_to_target"``)
         cosine (bool, optional): rank by cosine distance. (default: ``False``)
+        num_workers (int, optional): accepted for PyG; a positive int with no other effect,
+            see :func:`knn`. (default: ``1``)
+        batch_size (int, optional): PyG's number of graphs B, at least the largest id of
+            ``batch`` + 1; see :func:`knn`. (default: ``None``)
         metric (str, optional): ``"l2"``, ``"cosine"`` or ``"ip"``; see :func:`knn`.
         block_size (int, optional): query rows per block; ``None`` as in :func:`knn`.
             (default: ``None``)
@@ -394,7 +446,7 @@ def knn_graph(
         Tensor: ``edge_index`` (2, E) int64, E <= N·k, grouped by point i, nearest first.
 
     Shapes:
-        - x: (N, F), batch: (N,) -> (2, E)
+        - x: (N, F) or (N,), batch: (N,) -> (2, E)
 
     Example:
         >>> x = torch.tensor([[-1.0, -1.0], [-1.0, 1.0], [1.0, -1.0], [1.0, 1.0]])
@@ -402,10 +454,21 @@ def knn_graph(
         tensor([[1, 2, 0, 3, 0, 3, 1, 2],
                 [0, 0, 1, 1, 2, 2, 3, 3]])
     """
-    _check_bool("loop", loop)
+    check_bool("loop", loop)
     check_choice("flow", flow, FLOWS)
     x, _, k, ptr, _, metric, block_size, backend = _prepare(
-        x, x, k, batch, batch, cosine, metric, block_size, backend, ("batch", "batch")
+        x,
+        x,
+        k,
+        batch,
+        batch,
+        cosine,
+        num_workers,
+        batch_size,
+        metric,
+        block_size,
+        backend,
+        ("batch", "batch"),
     )
     own = None if loop else torch.arange(x.shape[0], device=x.device)
     search = _search_faiss if backend == "faiss" else _search_torch

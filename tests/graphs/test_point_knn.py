@@ -7,12 +7,15 @@ per-query order (nearest first) is checked where distances are distinct.
 
 from __future__ import annotations
 
+import importlib
+import types
+
 import pytest
 import torch
 from torch import Tensor
 
 from nlgraph._measure import memory_stats
-from nlgraph.graphs.knn import knn, knn_graph
+from nlgraph.graphs.point_knn import knn, knn_graph
 from tests.helpers import needs_package, with_device
 
 
@@ -203,10 +206,108 @@ def test_faiss_missing_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
         knn_graph(torch.randn(5, 2), 2, backend="faiss")
 
 
+def test_module_is_not_shadowed_by_the_function() -> None:
+    import nlgraph.graphs
+    import nlgraph.graphs.point_knn as module
+
+    assert isinstance(module, types.ModuleType)
+    assert nlgraph.graphs.knn is module.knn and nlgraph.graphs.knn_graph is module.knn_graph
+    assert isinstance(nlgraph.graphs.knn, types.FunctionType)
+    with pytest.raises(ModuleNotFoundError):  # the old module path is gone
+        importlib.import_module("nlgraph.graphs.knn")
+
+
+@pytest.mark.parametrize("metric", ["l2", "ip"])  # cosine ties are not exact in floating point
+def test_many_ties_in_long_rows(metric: str) -> None:
+    # 3-D integer grid, every point twice: rows of 1000 columns (the grouped top-k path),
+    # distances exact in float32, ties across the k-th place everywhere
+    grid = torch.stack(torch.meshgrid(*[torch.arange(-4, 4)] * 3, indexing="ij"), -1)
+    x = torch.cat([grid.reshape(-1, 3)] * 2)[:1000].float()
+    x = x[torch.randperm(len(x))]
+    y = torch.cat([x[:40], torch.tensor([[0.5, 0.5, 0.5], [0.0, 0.0, 0.0]])])
+    for k in (1, 7, 30):
+        assert as_pairs(knn(x, y, k, metric=metric)) == reference_knn(x, y, k, metric=metric)
+        assert as_pairs(knn(x.double(), y.double(), k, metric=metric, block_size=9)) == (
+            reference_knn(x, y, k, metric=metric)
+        )
+
+
+def test_pyg_positional_order() -> None:
+    sizes_x, sizes_y = [30, 4, 20], [10, 3, 12]
+    x = torch.randn(sum(sizes_x), 3, dtype=torch.float64)
+    y = torch.randn(sum(sizes_y), 3, dtype=torch.float64)
+    bx, by = batch_of(sizes_x), batch_of(sizes_y)
+    # (x, y, k, batch_x, batch_y, cosine, num_workers, batch_size)
+    out = knn(x, y, 5, bx, by, True, 4, 3)
+    assert as_pairs(out) == reference_knn(x, y, 5, bx, by, metric="cosine")
+    # (x, k, batch, loop, flow, cosine, num_workers, batch_size)
+    out = knn_graph(x, 5, bx, True, "target_to_source", False, 2, 3)
+    assert as_pairs(out) == reference_knn(x, x, 5, bx, bx)
+
+
+@pytest.mark.parametrize("num_workers", [1, 3, 64])
+def test_num_workers_changes_nothing(num_workers: int) -> None:
+    x, batch = torch.randn(60, 4), batch_of([25, 35])
+    expected = reference_knn(x, x, 4, batch, batch, exclude_self=True)
+    out = knn_graph(x, 4, batch, num_workers=num_workers)
+    assert as_pairs(out.flip(0)) == expected
+    assert as_pairs(knn(x, x[:9], 4, num_workers=num_workers)) == reference_knn(x, x[:9], 4)
+
+
+@pytest.mark.parametrize("batch_size", [None, 4, 6])
+def test_batch_size_is_the_number_of_graphs(batch_size: int | None) -> None:
+    # graph 3 is empty on both sides; with batch_size=6 graphs 4 and 5 are empty too
+    sizes_x, sizes_y = [20, 1, 9, 0], [5, 2, 7, 0]
+    x = torch.randn(sum(sizes_x), 2, dtype=torch.float64)
+    y = torch.randn(sum(sizes_y), 2, dtype=torch.float64)
+    bx, by = batch_of(sizes_x), batch_of(sizes_y)
+    out = knn(x, y, 3, bx, by, batch_size=batch_size)
+    assert as_pairs(out) == reference_knn(x, y, 3, bx, by)
+    graph = knn_graph(x, 3, bx, batch_size=batch_size)
+    assert as_pairs(graph.flip(0)) == reference_knn(x, x, 3, bx, bx, exclude_self=True)
+    # without batch vectors batch_size has nothing to describe
+    assert torch.equal(knn(x, y, 3, batch_size=batch_size), knn(x, y, 3))
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int16, torch.uint8, torch.int64])
+def test_integer_batch_dtypes(dtype: torch.dtype) -> None:
+    sizes_x, sizes_y = [15, 6, 22], [4, 8, 5]
+    x = torch.randn(sum(sizes_x), 3, dtype=torch.float64)
+    y = torch.randn(sum(sizes_y), 3, dtype=torch.float64)
+    bx, by = batch_of(sizes_x), batch_of(sizes_y)
+    out = knn(x, y, 4, bx.to(dtype), by.to(dtype))
+    assert out.dtype == torch.long
+    assert as_pairs(out) == reference_knn(x, y, 4, bx, by)
+    assert as_pairs(knn(x, y, 4, bx.to(dtype), by)) == reference_knn(x, y, 4, bx, by)
+    graph = knn_graph(x, 4, bx.to(dtype), batch_size=3)
+    assert graph.dtype == torch.long
+    assert as_pairs(graph.flip(0)) == reference_knn(x, x, 4, bx, bx, exclude_self=True)
+
+
+def test_one_dimensional_points_are_one_feature() -> None:
+    x = torch.tensor([0.0, 4.0, 1.0, 9.0, 3.0, 1.5])
+    y = torch.tensor([2.0, 8.0])
+    out = knn(x, y, 3)
+    # by hand: from 2.0 the distances are 2, 2, 1, 7, 1, 0.5 -> 5 (0.5), 2 (1), 4 (1)
+    # from 8.0: 8, 4, 7, 1, 5, 6.5 -> 3 (1), 1 (4), 4 (5); in the graph 5 (1.5) has 2 (0.5)
+    # and then 0 and 4 tied at 1.5: the lower index 0
+    assert out.tolist() == [[0, 0, 0, 1, 1, 1], [5, 2, 4, 3, 1, 4]]
+    assert torch.equal(out, knn(x.view(-1, 1), y.view(-1, 1), 3))
+    assert torch.equal(knn(x, y.view(-1, 1), 3), out)  # 1-D against (M, 1) too
+    graph = knn_graph(x, 2)
+    assert as_pairs(graph.flip(0)) == reference_knn(x[:, None], x[:, None], 2, exclude_self=True)
+    assert graph[0].view(6, 2).tolist() == [[2, 5], [4, 5], [5, 0], [1, 4], [1, 5], [2, 0]]
+
+
+NW, BS = r"^num_workers: expected a positive int", r"^batch_size: expected"
+
+
 @pytest.mark.parametrize(
     ("call", "error", "match"),
     [
-        (lambda: knn(torch.randn(5), torch.randn(5, 1), 2), ValueError, "^x: "),
+        (lambda: knn(torch.randn(5, 1, 1), torch.randn(5, 1), 2), ValueError, "^x: "),
+        (lambda: knn(torch.randn(5, 2), torch.randn(5), 2), ValueError, "^y: "),
+        (lambda: knn_graph(torch.tensor(1.0), 2), ValueError, "^x: "),
         (lambda: knn(torch.randn(5, 2), torch.randn(5, 3), 2), ValueError, "^y: "),
         (lambda: knn(torch.randn(5, 2), torch.randn(5, 2).double(), 2), ValueError, "^y: "),
         (lambda: knn(torch.arange(4).view(2, 2), torch.randn(2, 2), 2), TypeError, "^x: "),
@@ -216,6 +317,11 @@ def test_faiss_missing_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
         (lambda: knn_graph(torch.randn(5, 2), 2, block_size=0), ValueError, "^block_size: "),
         (lambda: knn_graph(torch.randn(5, 2), 2, batch_of([2, 2])), ValueError, "^batch: "),
         (lambda: knn_graph(torch.randn(4, 2), 2, torch.zeros(4)), ValueError, "^batch: "),
+        (
+            lambda: knn_graph(torch.randn(4, 2), 2, torch.zeros(4, dtype=torch.bool)),
+            ValueError,
+            "^batch: ",
+        ),
         (lambda: knn_graph(torch.randn(3, 2), 2, torch.tensor([1, 0, 1])), ValueError, "^batch: "),
         (lambda: knn_graph(torch.randn(2, 2), 1, torch.tensor([-1, 0])), ValueError, "^batch: "),
         (lambda: knn_graph(torch.randn(4, 2), 2, [0, 0, 0, 0]), TypeError, "^batch: "),
@@ -238,6 +344,22 @@ def test_faiss_missing_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
             "^cosine: ",
         ),
         (lambda: knn_graph(torch.randn(5, 2), 2, backend="keops"), ValueError, "^backend: "),
+        (lambda: knn(torch.randn(5, 2), torch.randn(5, 2), 2, num_workers=0), ValueError, NW),
+        (lambda: knn_graph(torch.randn(5, 2), 2, num_workers=-3), ValueError, NW),
+        (lambda: knn_graph(torch.randn(5, 2), 2, num_workers=2.0), TypeError, NW),
+        (lambda: knn_graph(torch.randn(5, 2), 2, num_workers=True), TypeError, NW),
+        (lambda: knn_graph(torch.randn(5, 2), 2, num_workers=None), TypeError, NW),
+        (lambda: knn(torch.randn(5, 2), torch.randn(5, 2), 2, batch_size=0), ValueError, BS),
+        (lambda: knn_graph(torch.randn(5, 2), 2, batch_size=1.0), TypeError, BS),
+        (lambda: knn_graph(torch.randn(5, 2), 2, batch_size=False), TypeError, BS),
+        (lambda: knn_graph(torch.randn(5, 2), 2, batch_of([2, 3]), batch_size=1), ValueError, BS),
+        (
+            lambda: knn(
+                torch.randn(4, 2), torch.randn(3, 2), 2, None, batch_of([1, 0, 2]), batch_size=1
+            ),
+            ValueError,
+            r"^batch_size: expected an int >= 3 \(the number of graphs in batch_y\), got 1$",
+        ),
     ],
 )
 def test_errors_name_the_argument(call, error: type[Exception], match: str) -> None:
