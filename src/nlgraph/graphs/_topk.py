@@ -83,10 +83,16 @@ def _best(rows: Tensor, k: int) -> Tensor:
     if rows.dtype != torch.float32:
         return _select(rows, k)
     length = rows.shape[1]
-    bits = (rows + 0.0).view(torch.int32)  # + 0.0 turns -0.0 into 0.0: equal keys for equal scores
-    ordered = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # negative floats: reverse their magnitude bits
-    column = torch.arange(length - 1, -1, -1, device=rows.device)  # lower column, larger key
-    key = ordered.to(torch.int64).bitwise_left_shift_(32).bitwise_or_(column)
+    bits = rows.view(torch.int32).clone()
+    flip = bits >> 31  # -1 for negative floats, 0 otherwise
+    flip &= 0x7FFFFFFF
+    bits ^= flip  # negative floats: reverse their magnitude bits, so integer order = float order
+    del flip
+    bits.masked_fill_(bits == -1, 0)  # -0.0 (now -1) ranks with 0.0: equal scores, equal keys
+    key = bits.to(torch.int64)
+    del bits
+    key <<= 32
+    key |= torch.arange(length - 1, -1, -1, device=rows.device)  # lower column, larger key
     return torch.topk(key, k, dim=1).indices
 
 

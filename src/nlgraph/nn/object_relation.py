@@ -353,7 +353,10 @@ class ObjectRelation(nn.Module):
             if self.geo is not None:
                 pairs = full_edge_index(n, n, b.device)  # query-major: views as (R_g, R_g)
                 bias = self._log_geometric_weight(b, pairs).view(n, n, -1).permute(2, 0, 1)
-            inp = AggregateInputs(q[:, sel], k[:, sel], v[:, sel], pairwise, "full", False, bias)
+            # The bias is a floored log-weight: never -inf, so the dense kernel needs no guard.
+            inp = AggregateInputs(
+                q[:, sel], k[:, sel], v[:, sel], pairwise, "full", False, bias, True
+            )
             parts.append(aggregate(inp, self.backend)[0])
         y = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
         if isinstance(images[0], Tensor):  # back from image order to the caller's box order

@@ -29,6 +29,9 @@ class AggregateInputs:
     graph: str | RegularGraph | COOGraph = "full"
     return_attention: bool = False
     edge_bias: Tensor | None = None
+    #: The caller guarantees ``edge_bias`` has no -inf (e.g. a floored log-weight): no query can
+    #: lose all its edges, so the dense kernel skips its empty-row guard (a copy of the bias).
+    bias_finite: bool = False
 
     def bias_shape(self) -> tuple[int, ...]:
         """The shape ``edge_bias`` must have for this graph, with G = 1 or B leading."""

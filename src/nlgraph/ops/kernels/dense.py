@@ -56,11 +56,18 @@ def _query_splits(q: Tensor, k: Tensor, v: Tensor) -> int:
 
 
 def softmax_fused(
-    q: Tensor, k: Tensor, v: Tensor, scale: float, bias: Tensor | None = None
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    scale: float,
+    bias: Tensor | None = None,
+    bias_finite: bool = False,
 ) -> Tensor:
     """softmax(scale·q kᵀ + bias) v through fused SDPA.
 
-    q, k: (B, N|N', d), v: (B, N', dv), bias: (B or 1, N, N') or ``None`` → (B, N, dv).
+    q, k: (B, N|N', d), v: (B, N', dv), bias: (B or 1, N, N') or ``None`` → (B, N, dv). A row
+    whose bias is -inf everywhere gives 0 (no edge left) unless ``bias_finite`` promises that no
+    bias entry is -inf (then the guard, which copies the bias, is skipped).
     """
     d, dv = q.shape[-1], v.shape[-1]
     if dv < d:
@@ -68,13 +75,15 @@ def softmax_fused(
     elif d < dv:
         q, k = F.pad(q, (0, dv - d)), F.pad(k, (0, dv - d))
     if bias is not None:
-        # A row without any finite bias has no edge: run it with bias 0, then zero its output.
-        empty = torch.isneginf(bias).all(-1, keepdim=True)  # (B or 1, N, 1)
-        bias = bias.masked_fill(empty, 0.0)
+        empty = None
+        if not bias_finite:  # a row without any finite bias: run it with bias 0, zero its output
+            empty = torch.isneginf(bias).all(-1, keepdim=True)  # (B or 1, N, 1)
+            bias = bias.masked_fill(empty, 0.0)
         out = F.scaled_dot_product_attention(
             q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1), attn_mask=bias.unsqueeze(1), scale=scale
         )
-        return out.squeeze(1)[..., :dv].masked_fill(empty, 0.0)
+        out = out.squeeze(1)[..., :dv]
+        return out if empty is None else out.masked_fill(empty, 0.0)
     batch, n, width = q.shape
     parts = _query_splits(q, k, v)
     rows = -(-n // parts)
@@ -131,12 +140,14 @@ class DenseKernel(Kernel):
                 scores = scores + inp.edge_bias
             weights = pw.normalise_dense(scores)
             return weights @ v, Attention(weights)
-        return cls._fast(pw, q, k, v, inp.edge_bias), None
+        return cls._fast(pw, q, k, v, inp.edge_bias, inp.bias_finite), None
 
     @staticmethod
-    def _fast(pw: Pairwise, q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None) -> Tensor:
+    def _fast(
+        pw: Pairwise, q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, bias_finite: bool
+    ) -> Tensor:
         if pw.is_softmax:
-            return softmax_fused(q, k, v, pw.scale, bias)
+            return softmax_fused(q, k, v, pw.scale, bias, bias_finite)
         if pw.mode == "dot_product":
             return dot_product_reassociated(q, k, v)
         a, b = pw.concat_terms(q, k)
