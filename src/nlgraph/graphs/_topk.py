@@ -83,12 +83,11 @@ def _best(rows: Tensor, k: int) -> Tensor:
     if rows.dtype != torch.float32:
         return _select(rows, k)
     length = rows.shape[1]
-    bits = rows.view(torch.int32).clone()
-    flip = bits >> 31  # -1 for negative floats, 0 otherwise
+    bits = (rows + 0.0).view(torch.int32)  # + 0.0 turns -0.0 into 0.0: equal scores, equal keys
+    flip = bits >> 31  # all ones for a negative float, 0 otherwise
     flip &= 0x7FFFFFFF
-    bits ^= flip  # negative floats: reverse their magnitude bits, so integer order = float order
+    bits ^= flip  # negative floats: reverse their magnitude bits (integer order = float order)
     del flip
-    bits.masked_fill_(bits == -1, 0)  # -0.0 (now -1) ranks with 0.0: equal scores, equal keys
     key = bits.to(torch.int64)
     del bits
     key <<= 32
