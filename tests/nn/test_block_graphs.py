@@ -262,3 +262,22 @@ def test_custom_graph_spec_needs_no_module_change():
     x = _x(1)
     mask = torch.eye(9, dtype=torch.bool)
     _check(block, x, mask)
+
+
+def test_prepared_graphs_are_a_cache_not_state():
+    """Specs and graphs keep what they prepared (windows per size, an edge_index's COOGraph, the
+    csr pattern), but pickling or copying a block carries none of it, and the copy computes the
+    same thing."""
+    import copy
+    import pickle
+
+    x = _x(2)
+    for graph in (Window(1), torch.tensor([[0, 1, 2], [0, 5, 9]])):
+        block = _block(2, "embedded_gaussian", True, graph=graph).eval()
+        z = block(x)
+        cache = block.graph._built if isinstance(graph, Window) else block.graph._graphs
+        assert len(cache) == 1
+        for clone in (pickle.loads(pickle.dumps(block)), copy.deepcopy(block)):
+            kept = clone.graph._built if isinstance(graph, Window) else clone.graph._graphs
+            assert len(kept) == 0
+            torch.testing.assert_close(clone(x), z, atol=0, rtol=0)

@@ -74,6 +74,9 @@ class RegularGraph:
         """The largest number of neighbours per query (the padded width)."""
         return self.index.shape[2]
 
+    def __getstate__(self) -> dict[str, Any]:
+        return _without_cache(self)
+
     def degree(self) -> Tensor:
         """(G, N) number of real neighbours of each query."""
         if self.mask is None:
@@ -121,6 +124,9 @@ class COOGraph:
                 f"query_sorted: expected None or a bool, got {type(self.query_sorted).__name__}"
             )
 
+    def __getstate__(self) -> dict[str, Any]:
+        return _without_cache(self)
+
     @property
     def num_edges(self) -> int:
         """E."""
@@ -144,6 +150,13 @@ class COOGraph:
         index[target, slot] = source
         mask[target, slot] = True
         return trusted(RegularGraph(index.unsqueeze(0), self.num_keys, mask.unsqueeze(0)))
+
+
+def _without_cache(obj: Any) -> dict[str, Any]:
+    """An object's state with its private cache emptied (caches are not pickled or copied)."""
+    state = dict(obj.__dict__)
+    state["_cache"] = {}
+    return state
 
 
 def trusted(graph: Any) -> Any:

@@ -150,6 +150,9 @@ class EdgeIndex(GraphSpec):
     def __post_init__(self) -> None:
         check_edge_index("edge_index", self.edge_index)
 
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_graphs": {}}  # prepared graphs are a cache, not state
+
     def build(self, ctx: GraphContext) -> Graph:
         """The COOGraph of these edges for ``ctx``'s N queries and N' keys, on its device.
 

@@ -182,6 +182,9 @@ class _LatticeSpec(GraphSpec):
 
     _built: dict[Any, RegularGraph]
 
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_built": {}}  # built graphs are a cache, not state
+
     def build(
         self,
         ctx: GraphContext | tuple[int, ...],
