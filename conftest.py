@@ -12,7 +12,7 @@ import pytest
 import torch
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(autouse=True, scope="session")
 def _doctest_namespace(doctest_namespace: dict[str, Any]) -> None:
     import nlgraph
     from nlgraph import graphs, nn
@@ -23,4 +23,3 @@ def _doctest_namespace(doctest_namespace: dict[str, Any]) -> None:
         for name in module.__all__:
             if name != "transforms":
                 doctest_namespace.setdefault(name, getattr(module, name))
-    torch.manual_seed(0)

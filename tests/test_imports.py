@@ -23,28 +23,25 @@ def _fresh(code: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def test_core_imports_without_pyg() -> None:
+def test_core_imports_without_pyg_and_pyg_parts_load_on_use() -> None:
     """``import nlgraph.ops`` (which runs ``nlgraph/__init__``) and the other core packages
-    import neither torch_geometric nor networkx, and leave the warning filters alone."""
+    import neither torch_geometric nor networkx and leave the warning filters alone; the PyG
+    parts (NonLocalConv, the transforms, the Data conversions) load PyG when first used."""
     got = _fresh(
         "import json, sys, warnings, numpy, torch; before = list(warnings.filters); "
         "import nlgraph.ops; ops = 'torch_geometric' in sys.modules; "
         "import nlgraph, nlgraph.graphs, nlgraph.nn, nlgraph.compat; "
-        "print(json.dumps({'ops': ops, 'pyg': 'torch_geometric' in sys.modules, "
-        "'nx': 'networkx' in sys.modules, 'filters': warnings.filters == before}))"
-    )
-    assert got == {"ops": False, "pyg": False, "nx": False, "filters": True}
-
-
-def test_pyg_parts_load_on_first_use() -> None:
-    got = _fresh(
-        "import json, sys; import nlgraph; a = 'torch_geometric' in sys.modules; "
+        "core = {'ops': ops, 'pyg': 'torch_geometric' in sys.modules, "
+        "'nx': 'networkx' in sys.modules, 'filters': warnings.filters == before}; "
         "conv = nlgraph.NonLocalConv(8); from nlgraph.nn import NonLocalConv; "
         "from nlgraph.graphs import feature_map_to_data; "
-        "print(json.dumps({'before': a, 'after': 'torch_geometric' in sys.modules, "
+        "print(json.dumps({**core, 'after': 'torch_geometric' in sys.modules, "
         "'same': type(conv) is NonLocalConv, 'transforms': hasattr(nlgraph.transforms, 'KNNGraph')}))"
     )
-    assert got == {"before": False, "after": True, "same": True, "transforms": True}
+    assert got == {
+        "ops": False, "pyg": False, "nx": False, "filters": True,
+        "after": True, "same": True, "transforms": True,
+    }  # fmt: skip
 
 
 def test_csr_kernel_warns_nothing() -> None:
