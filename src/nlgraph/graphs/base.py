@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._validate import check_edge_index, describe
+from .._validate import check_edge_index, check_index_range, describe
 
 __all__ = ["COOGraph", "RegularGraph", "trusted"]
 
@@ -76,6 +76,14 @@ class RegularGraph:
 
     def __getstate__(self) -> dict[str, Any]:
         return _without_cache(self)
+
+    def check_range(self) -> None:
+        """``IndexError`` unless every key index lies in [0, N'): once per graph object (a graph
+        from an nlgraph builder is in range by construction), without a host read on success
+        (:func:`nlgraph._validate.check_index_range`)."""
+        if not self._cache.get("checked"):
+            check_index_range("graph (key indices)", self.index, self.num_keys)
+            self._cache["checked"] = True
 
     def degree(self) -> Tensor:
         """(G, N) number of real neighbours of each query."""
@@ -126,6 +134,17 @@ class COOGraph:
 
     def __getstate__(self) -> dict[str, Any]:
         return _without_cache(self)
+
+    def check_range(self, key_hint: str = "", roles: tuple[str, str] = ("keys", "queries")) -> None:
+        """``IndexError`` unless ``edge_index[0]`` lies in [0, N') and ``edge_index[1]`` in
+        [0, N): once per graph object, without a host read on success (see
+        :meth:`RegularGraph.check_range`). ``key_hint`` is appended to a key-range error (e.g.
+        what the key positions are); ``roles`` names the two rows in errors."""
+        if not self._cache.get("checked"):
+            src, dst = self.edge_index
+            check_index_range(f"edge_index[0] ({roles[0]})", src, self.num_keys, key_hint)
+            check_index_range(f"edge_index[1] ({roles[1]})", dst, self.num_queries)
+            self._cache["checked"] = True
 
     @property
     def num_edges(self) -> int:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from .._validate import check_edge_index, check_float_tensor, check_index_range, describe
+from .._validate import check_edge_index, check_float_tensor, describe
 from .base import COOGraph, RegularGraph
 
 if TYPE_CHECKING:  # PyG is imported by the two functions that need it, not with nlgraph
@@ -111,10 +111,8 @@ def from_edge_index(edge_index: Tensor, num_queries: int, num_keys: int) -> COOG
     for name, value in (("num_queries", num_queries), ("num_keys", num_keys)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"{name}: expected a non-negative int, got {value!r}")
-    check_index_range("edge_index[0] (keys)", edge_index[0], num_keys)
-    check_index_range("edge_index[1] (queries)", edge_index[1], num_queries)
     graph = COOGraph(edge_index, num_queries, num_keys)
-    graph._cache["checked"] = True
+    graph.check_range()
     return graph
 
 

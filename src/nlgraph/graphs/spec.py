@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._validate import check_edge_index, check_index_range
+from .._validate import check_edge_index
 from .base import COOGraph, RegularGraph
 
 __all__ = ["EdgeIndex", "Full", "Graph", "GraphContext", "GraphSpec", "as_spec"]
@@ -171,10 +171,8 @@ class EdgeIndex(GraphSpec):
                     f"; the keys are {ctx.key_space()} (an edge_index over the "
                     f"{ctx.num_queries} input positions needs sub_sample=False)"
                 )
-            check_index_range("edge_index[0] (keys)", ei[0], ctx.num_keys, hint)
-            check_index_range("edge_index[1] (queries)", ei[1], ctx.num_queries)
             graph = COOGraph(ei, ctx.num_queries, ctx.num_keys, self.query_sorted)
-            graph._cache["checked"] = True
+            graph.check_range(hint)
             self._graphs.clear()  # one input size at a time: no unbounded growth
             self._graphs[key] = graph
         return graph

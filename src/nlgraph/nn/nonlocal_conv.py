@@ -16,7 +16,6 @@ from .._validate import (
     check_choice,
     check_edge_index,
     check_float_tensor,
-    check_index_range,
     check_positive_int,
     describe,
 )
@@ -213,13 +212,11 @@ class NonLocalConv(MessagePassing):
             and cached[4].edge_index.device == ei.device
         ):
             return cached[4]
-        check_index_range("edge_index[0] (sources)", ei[0], n_src)
-        check_index_range("edge_index[1] (targets)", ei[1], n_dst)
         # Coalesced sparse indices are sorted by target; so is a PyG EdgeIndex sorted by column.
         is_sorted = True if sparse or getattr(ei, "is_sorted_by_col", False) else None
         plain = ei.as_tensor() if hasattr(ei, "as_tensor") else ei  # a PyG EdgeIndex: plain
         graph = COOGraph(plain, n_dst, n_src, is_sorted)
-        graph._cache["checked"] = True
+        graph.check_range(roles=("sources", "targets"))
         self._graph_cache = (ei, ei._version, n_src, n_dst, graph)
         return graph
 

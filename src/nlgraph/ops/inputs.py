@@ -7,11 +7,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .._validate import check_float_tensor, check_index_range, describe
+from .._validate import check_float_tensor, describe
 from ..graphs.base import COOGraph, RegularGraph, trusted
 from ..pairwise import Pairwise
 
-__all__ = ["AggregateInputs", "check_graph_range"]
+__all__ = ["AggregateInputs"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -178,20 +178,4 @@ class AggregateInputs:
         dev = g.index.device if isinstance(g, RegularGraph) else g.edge_index.device
         if dev != self.query.device:
             raise ValueError(f"graph: expected device {self.query.device}, got {dev}")
-        check_graph_range(g)
-
-
-def check_graph_range(graph: RegularGraph | COOGraph) -> None:
-    """``IndexError`` unless the graph's indices lie in [0, N') (keys) and [0, N) (queries).
-
-    Done once per graph object (graphs from nlgraph's builders are in range by construction)
-    and without a host read on success (:func:`nlgraph._validate.check_index_range`).
-    """
-    if graph._cache.get("checked"):
-        return
-    if isinstance(graph, RegularGraph):
-        check_index_range("graph (key indices)", graph.index, graph.num_keys)
-    else:
-        check_index_range("edge_index[0] (keys)", graph.edge_index[0], graph.num_keys)
-        check_index_range("edge_index[1] (queries)", graph.edge_index[1], graph.num_queries)
-    graph._cache["checked"] = True
+        g.check_range()
