@@ -11,9 +11,11 @@ from .convert import (
     to_edge_index,
 )
 from .feature_knn import KNN
+from .ivf import ivf_knn
 from .latent import Latent
 from .point_knn import knn, knn_graph
-from .spec import EdgeIndex, Full, GraphContext, GraphSpec
+from .recall import knn_recall
+from .spec import EdgeIndex, Full, GraphContext, GraphSpec, GraphState
 from .window import TemporalGroups, Window, window_offsets
 
 __all__ = [
@@ -25,6 +27,7 @@ __all__ = [
     "Full",
     "GraphContext",
     "GraphSpec",
+    "GraphState",
     "Latent",
     "RegularGraph",
     "box_geometry",
@@ -38,8 +41,10 @@ __all__ = [
     "full_edge_index",
     "geometry_embedding",
     "grid_positions",
+    "ivf_knn",
     "knn",
     "knn_graph",
+    "knn_recall",
     "to_edge_index",
     "window_offsets",
 ]

@@ -33,8 +33,9 @@ __all__ = ["topk_tie_low"]
 
 def _group_width(m: int) -> int:
     """Columns per group for rows of length ``m`` (measured on CPU: 64 from 8192 columns on,
-    32 below)."""
-    return 64 if m >= 8192 else 32
+    32 from 2048, 8 below: short rows, e.g. the clustered search's candidates, need narrow
+    groups for the candidate stage to be much shorter than the row)."""
+    return 64 if m >= 8192 else 32 if m >= 2048 else 8
 
 
 def topk_tie_low(scores: Tensor, k: int, *, largest: bool = True, order: str = "index") -> Tensor:

@@ -1,4 +1,4 @@
-r"""k nearest keys in feature space, built inside a block's forward (exact, blocked, no grad).
+r"""k nearest keys in feature space, built inside a block's forward (no grad).
 
 For each query i of each sample, keep the k keys j with the best score:
 
@@ -7,29 +7,45 @@ For each query i of each sample, keep the k keys j with the best score:
 - ``metric="l2"``: the smallest :math:`\lVert q_i - k_j \rVert_2`;
 - ``metric="cosine"``: the largest cosine similarity.
 
-Exact (a full scan, no approximation), computed in blocks of queries so that peak memory is
-O(B · block · N') rather than O(B · N · N'); ties are broken towards the lower key index (the
-shared tie-aware top-k of ``nlgraph.graphs._topk``); the neighbours of a row come in ascending
-key index. With k >= N' every key is a neighbour and the full graph (``"full"``) is returned, so
-the dense fast paths run. No tensor value is read on the host: the build runs inside a
-``torch.compile``'d or CUDA forward without synchronising.
+Two searches:
+
+- ``search="exact"`` (what ``"auto"`` means): a full scan, computed in blocks of queries so that
+  peak memory is O(B · block · N') rather than O(B · N · N'); ties are broken towards the lower
+  key index (the shared tie-aware top-k of ``nlgraph.graphs._topk``). No tensor value is read on
+  the host: the build runs inside a ``torch.compile``'d or CUDA forward without synchronising.
+  Its cost is O(N · N' · C), the same order as dense attention.
+- ``search="ivf"``: the clustered approximate search of :mod:`nlgraph.graphs.ivf` (k-means lists
+  of the keys, each query scans the lists probed for its group), about O(N · n_probe · N'/L · C)
+  for L lists: 10-20x cheaper than the exact scan from N' = 65536 on, with recall@k measured by
+  :func:`nlgraph.graphs.knn_recall` (``benchmarks/results/recall.md``). Its centroids are
+  warm-started from the module's previous call. It reads a few sizes on the host per build.
+
+The neighbours of a row come in ascending key index. With k >= N' every key is a neighbour and
+the full graph (``"full"``) is returned, so the dense fast paths run.
+
+**Rebuild schedule.** ``refresh_every=T`` keeps the graph a module built and rebuilds it only
+every T-th training-mode call (see :class:`KNN`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from .._validate import check_choice, check_positive_int
+from .._validate import check_bool, check_choice, check_positive_int
 from ._topk import topk_tie_low
 from .base import RegularGraph, trusted
-from .spec import Graph, GraphContext, GraphSpec
+from .ivf import default_clusters, ivf_knn
+from .spec import Graph, GraphContext, GraphSpec, GraphState
 
 __all__ = ["KNN"]
 
 METRICS: tuple[str, ...] = ("logit", "l2", "cosine")
+#: The searches of :class:`KNN`: ``"auto"`` is ``"exact"``.
+SEARCHES: tuple[str, ...] = ("auto", "exact", "ivf")
 
 #: Elements of the (B, block, N') score buffer when ``block_size=None`` (8 MiB in float32).
 #: Small enough to stay in cache between the matmul that writes it and the top-k that reads it:
@@ -53,6 +69,28 @@ class KNN(GraphSpec):
             batch's graph. Share a graph explicitly instead: ``g = block.build_graph(x)``, then
             ``block(x, graph=g)`` (and ``other_block(x, graph=g)``) for as long as you want it.
             ``reuse=True`` raises ``ValueError`` saying so. (default: ``False``)
+        search (str): ``"auto"`` or ``"exact"`` (the full scan) or ``"ivf"`` (the clustered
+            approximate search, :func:`nlgraph.graphs.ivf.ivf_knn`). (default: ``"auto"``)
+        n_clusters (int, optional): ``search="ivf"``: k-means lists per sample.
+            ``None``: :func:`nlgraph.graphs.ivf.default_clusters` of N' (≈ √N', a power of 2).
+            (default: ``None``)
+        n_probe (int, optional): ``search="ivf"``: lists scanned per query, at most
+            ``n_clusters``; ``n_probe = n_clusters`` is exact. ``None``:
+            :func:`nlgraph.graphs.ivf.default_probe` (1/16 of the lists below 256, 1/32 from
+            256). (default: ``None``)
+        refresh_every (int): in training mode, rebuild the graph every ``refresh_every``-th
+            call and hand the kept graph to the calls between (one graph per module, dropped
+            when the input's shape, device or dtype changes; a kept graph was built on an
+            earlier batch, so T > 1 trades accuracy for time, see
+            ``examples/knn_graphs.py``). In eval mode, and without a module (a direct
+            :meth:`build`), every call builds. (default: ``1``: every call)
+        seed (int): ``search="ivf"``: seed of the ``torch.Generator`` that draws the initial
+            centroids and the k-means sample: the same seed and input give the same graph.
+            (default: ``0``)
+        warm_start (bool): ``search="ivf"``: start k-means from the centroids of the module's
+            previous call (2 Lloyd iterations instead of 8), as the Routing Transformer's
+            running centroids; the graph then depends on the module's history.
+            (default: ``True``)
 
     Shapes:
         - :meth:`build` query (B, N, C), key (B, N', C) → RegularGraph index (B, N, k)
@@ -67,12 +105,39 @@ class KNN(GraphSpec):
     metric: str = "logit"
     block_size: int | None = None
     reuse: bool = False
+    search: str = "auto"
+    n_clusters: int | None = None
+    n_probe: int | None = None
+    refresh_every: int = 1
+    seed: int = 0
+    warm_start: bool = True
 
     def __post_init__(self) -> None:
         check_positive_int("k", self.k)
         check_choice("metric", self.metric, METRICS)
         if self.block_size is not None:
             check_positive_int("block_size", self.block_size)
+        check_choice("search", self.search, SEARCHES)
+        for name in ("n_clusters", "n_probe"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            check_positive_int(name, value)
+            if self.search != "ivf":
+                raise ValueError(
+                    f"{name}: only used by search='ivf' (the clustered search), got "
+                    f"{name}={value} with search={self.search!r}"
+                )
+        if self.n_clusters is not None and self.n_probe is not None:
+            if self.n_probe > self.n_clusters:
+                raise ValueError(
+                    f"n_probe: expected an int in [1, n_clusters={self.n_clusters}], got "
+                    f"{self.n_probe}"
+                )
+        check_positive_int("refresh_every", self.refresh_every)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise TypeError(f"seed: expected an int, got {type(self.seed).__name__}")
+        check_bool("warm_start", self.warm_start)
         if self.reuse is not False:
             raise ValueError(
                 "reuse: expected False (a graph kept inside the spec was silently reused for "
@@ -102,9 +167,22 @@ class KNN(GraphSpec):
             raise ValueError("key: expected the (B, N', C) key embeddings, got None")
         if self.k >= key.shape[1]:
             return "full"
-        return self._build(query, key)
+        state = ctx.state if isinstance(ctx, GraphContext) else None
+        training = isinstance(ctx, GraphContext) and ctx.training
+        if state is None or self.refresh_every == 1 or not training:
+            return self._build(query, key, state)
+        sig = (tuple(query.shape), tuple(key.shape), query.device, query.dtype)
+        kept = state.get(("graph", self))
+        if kept is not None and kept[0] == sig and kept[1] < self.refresh_every:
+            state[("graph", self)] = (sig, kept[1] + 1, kept[2])
+            return kept[2]
+        graph = self._build(query, key, state)
+        state[("graph", self)] = (sig, 1, graph)
+        return graph
 
-    def _build(self, query: Tensor, key: Tensor) -> RegularGraph:
+    def _build(self, query: Tensor, key: Tensor, state: GraphState | None = None) -> RegularGraph:
+        if self.search == "ivf":
+            return self._build_ivf(query, key, state)
         b, n, m = query.shape[0], query.shape[1], key.shape[1]
         q, kk = query.detach(), key.detach()
         if self.metric == "cosine":
@@ -128,6 +206,42 @@ class KNN(GraphSpec):
             index[:, start:stop] = topk_tie_low(scores, self.k)
         return trusted(RegularGraph(index, m))
 
+    def _build_ivf(self, query: Tensor, key: Tensor, state: GraphState | None) -> RegularGraph:
+        """The clustered search, warm-started from (and updating) the module's centroids."""
+        slot = ("centroids", self)
+        m = key.shape[1]
+        n_clusters = default_clusters(m) if self.n_clusters is None else min(self.n_clusters, m)
+        start = None
+        if state is not None and self.warm_start:
+            kept = state.get(slot)
+            if kept is not None and kept.shape == (key.shape[0], n_clusters, key.shape[2]):
+                start = kept if kept.device == key.device else None
+        generator = torch.Generator(device="cpu").manual_seed(self.seed)
+        result = ivf_knn(
+            query,
+            key,
+            self.k,
+            metric=self.metric,
+            n_clusters=n_clusters,
+            n_probe=self.n_probe,
+            generator=generator,
+            centroids=start,
+        )
+        if state is not None and self.warm_start:
+            state[slot] = result.centroids
+        return trusted(RegularGraph(result.index, key.shape[1], result.mask))
+
     def __repr__(self) -> str:
         extra = "" if self.metric == "logit" else f", metric={self.metric!r}"
+        for name, default in (
+            ("search", "auto"),
+            ("n_clusters", None),
+            ("n_probe", None),
+            ("refresh_every", 1),
+            ("seed", 0),
+            ("warm_start", True),
+        ):
+            value: Any = getattr(self, name)
+            if value != default:
+                extra += f", {name}={value!r}"
         return f"KNN(k={self.k}{extra})"

@@ -13,10 +13,18 @@ boxes). Keys are the N' positions of the key map, which is the input map max-poo
 blocks), else the input map itself. Every index a spec produces follows this: row 0 of an
 ``edge_index`` indexes keys in [0, N'), row 1 queries in [0, N).
 
-Sharing one graph. A spec is stateless: every ``build`` makes the graph of the given input.
-To share one graph between blocks or steps, build it once and pass it explicitly, e.g.
-``g = block.build_graph(x)`` then ``block(x, graph=g)`` and ``other(x, graph=g)``: the graph is
-a visible value, never a cache that a later batch could silently reuse.
+Sharing one graph. A spec holds no state of its own: by default every ``build`` makes the
+graph of the given input. To share one graph between blocks or steps, build it once and pass it
+explicitly, e.g. ``g = block.build_graph(x)`` then ``block(x, graph=g)`` and
+``other(x, graph=g)``: the graph is a visible value.
+
+Per-module state. A module also hands its spec a :class:`GraphState` of its own
+(``ctx.state``, with ``ctx.training``), where a spec may keep what it carries from call to call
+*for that module*: the clustered k-NN's warm-start centroids, or the graph kept between
+rebuilds by ``KNN(refresh_every=T)`` (in training mode only, and keyed by the input's shape,
+device and dtype, so a batch of another shape never gets it). The state is a cache: it is not
+pickled, copied or saved in a ``state_dict``, and ``module.reset_graph_state()`` (or a new
+module) starts it afresh.
 """
 
 from __future__ import annotations
@@ -31,10 +39,25 @@ from torch import Tensor
 from .._validate import check_edge_index
 from .base import COOGraph, RegularGraph
 
-__all__ = ["EdgeIndex", "Full", "Graph", "GraphContext", "GraphSpec", "as_spec"]
+__all__ = ["EdgeIndex", "Full", "Graph", "GraphContext", "GraphSpec", "GraphState", "as_spec"]
 
 #: What a spec builds: ``"full"`` (all pairs), a RegularGraph or a COOGraph.
 Graph = str | RegularGraph | COOGraph
+
+
+class GraphState(dict):
+    """A module's storage for its graph spec (see the module docstring): a plain ``dict`` that is
+    neither pickled nor copied (``pickle``/``copy.deepcopy`` give an empty one), so a saved or
+    cloned module never carries another input's graph."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (GraphState, ())
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> GraphState:
+        return GraphState()
+
+    def __copy__(self) -> GraphState:
+        return GraphState()
 
 
 @dataclass(frozen=True, eq=False)
@@ -54,6 +77,10 @@ class GraphContext:
             map; ``None`` when the keys are the query positions themselves.
         boxes (Tensor, optional): (R, 4) boxes, for box graphs.
         batch (Tensor, optional): (R,) image (or graph) index of each node.
+        state (GraphState, optional): the calling module's storage for its spec (warm starts,
+            a kept graph); ``None``: the spec keeps nothing between calls.
+        training (bool): whether the calling module is in training mode (a graph is kept
+            between rebuilds only then).
     """
 
     num_queries: int
@@ -67,6 +94,8 @@ class GraphContext:
     pool_size: tuple[int, ...] | None = None
     boxes: Tensor | None = None
     batch: Tensor | None = None
+    state: GraphState | None = None
+    training: bool = False
 
     def key_space(self) -> str:
         """A phrase naming the key positions, for error messages."""

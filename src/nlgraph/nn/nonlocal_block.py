@@ -27,7 +27,7 @@ from ..compat._common import register_block_classes
 from ..compat.presets import preset_kwargs
 from ..graphs.base import COOGraph, RegularGraph
 from ..graphs.latent import Latent
-from ..graphs.spec import Full, Graph, GraphContext, GraphSpec, as_spec
+from ..graphs.spec import Full, Graph, GraphContext, GraphSpec, GraphState, as_spec
 from ..ops.aggregate import aggregate
 from ..ops.dispatch import KERNELS
 from ..ops.inputs import AggregateInputs
@@ -193,6 +193,7 @@ class NonLocalBlockNd(nn.Module):
         self.out_bias = bool(out_bias)
         self.weight_init = weight_init
         self.graph = spec
+        self._graph_state = GraphState()
         self.latent = latent
         self.backend = backend
 
@@ -358,7 +359,24 @@ class NonLocalBlockNd(nn.Module):
             spatial=spatial,
             key_spatial=self._key_shape(spatial) if self.latent is None else None,
             pool_size=self.pool_size if self.sub_sample and self.latent is None else None,
+            state=self.graph_state,
+            training=self.training,
         )
+
+    @property
+    def graph_state(self) -> GraphState:
+        """This block's storage for its graph spec: e.g. the clustered k-NN's warm-start
+        centroids and the graph kept by ``KNN(refresh_every=T)`` (see
+        :mod:`nlgraph.graphs.spec`). Not saved, pickled or copied."""
+        state = self.__dict__.get("_graph_state")
+        if state is None:  # a block unpickled from before the state existed
+            state = self.__dict__["_graph_state"] = GraphState()
+        return state
+
+    def reset_graph_state(self) -> None:
+        """Forget what the graph spec kept (warm-start centroids, a kept graph): the next call
+        starts afresh."""
+        self.graph_state.clear()
 
     def build_graph(
         self, x: Tensor, query: Tensor | None = None, key: Tensor | None = None

@@ -1,0 +1,431 @@
+r"""Clustered approximate k-NN in feature space (an inverted file, "IVF"), pure torch.
+
+The exact builders score all N·N' query-key pairs. The clustered search scores a few percent:
+
+1. **Clusters.** k-means centroids :math:`c_1..c_L` of the keys (Lloyd iterations on a random
+   sample of at most ``64 · L`` keys, initialised from L distinct random keys drawn with a
+   ``torch.Generator``, or warm-started from the previous call's centroids), then every key
+   joins its nearest centroid: the inverted lists.
+2. **Probes.** Each query picks its ``n_probe`` best centroids: the largest
+   :math:`q \cdot c` for ``metric="logit"`` (maximum inner product, the logits that dominate
+   the softmax), the nearest for ``"l2"``, the most similar for ``"cosine"``.
+3. **Scan.** Each query scores the keys of its probed lists exactly and keeps the k best,
+   ties towards the lower key index.
+
+The work is a few large tensor operations, not a loop over clusters: the (query, probed list)
+pairs are grouped by list and cut into tiles of up to ``TILE`` pairs; tiles of lists of
+similar length (padded to a common length, at most 1.5x) are scored together by one batched
+matmul, each pair keeps its k best, and each query merges the k·n_probe candidates of its
+probes. Memory is O(N·n_probe·k) for the candidates plus the tile blocks (about
+:data:`BLOCK_ELEMENTS` scores at a time).
+
+**Cost.** k-means: O(iters · 64 L · L · C) (sample) + O(N'·L·C) (assignment); probing
+O(N·L·C); scanning about O(N · n_probe · N'/L · C) when the lists are balanced. With the
+defaults (:func:`default_clusters`, :func:`default_probe`) a query scans about 1/32 of the keys
+from N' = 16384 on.
+
+**Exactness.** With ``n_probe = n_clusters`` every key is scanned and the result equals the
+exact builder's (same sets, same ties). With fewer probes, a true neighbour in an unprobed list
+is missed; :func:`nlgraph.graphs.knn_recall` measures how often. A query whose probed lists hold
+fewer than k keys gets fewer neighbours: its remaining slots are padding (``mask`` False).
+
+**Host reads.** Unlike the exact builder, the clustered search reads the list and tile sizes
+on the host once per call (the block shapes depend on the clusters), and checks that the
+features are finite.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .._validate import check_choice, check_positive_int, describe
+from ._topk import topk_tie_low
+
+__all__ = ["IVFResult", "default_clusters", "default_probe", "ivf_knn"]
+
+#: The metrics of the clustered search (``"ip"`` is ``"logit"``: the plain inner product).
+IVF_METRICS: tuple[str, ...] = ("logit", "l2", "cosine", "ip")
+#: (query, list) pairs per tile: the rows of one tile's score block.
+TILE = 64
+#: Scores computed at once (2 MiB in float32): a block small enough to stay in cache between the
+#: matmul that writes it and the top-k that reads it (measured here: 4 MiB blocks are ~15%
+#: slower, 16 MiB ones ~30%).
+BLOCK_ELEMENTS = 1 << 19
+#: Keys sampled per centroid for the Lloyd iterations.
+SAMPLE_PER_CLUSTER = 64
+#: Lloyd iterations from a random start, and from warm-started centroids.
+COLD_ITERS, WARM_ITERS = 8, 2
+
+
+@dataclass(frozen=True)
+class IVFResult:
+    """What :func:`ivf_knn` returns.
+
+    Attributes:
+        index (Tensor): (B, N, min(k, N')) int64 key indices; padding slots hold 0.
+        mask (Tensor or None): (B, N, min(k, N')) bool, False at padding; ``None`` when every
+            query got min(k, N') neighbours.
+        centroids (Tensor): (B, L, C) the k-means centroids of the keys (in the search space:
+            unit-normalised keys for ``"cosine"``), to warm-start the next call.
+    """
+
+    index: Tensor
+    mask: Tensor | None
+    centroids: Tensor
+
+
+def default_clusters(num_keys: int) -> int:
+    r"""The default number of lists L for N' keys: :math:`2^{\lceil \log_2 \sqrt{N'} \rceil}`,
+    capped at N' (e.g. 64 at N' = 4096, 128 at 16384, 256 at 65536, 512 at 262144): lists of
+    about :math:`\sqrt{N'}` keys, so that probing (N·L) and scanning (N·n_probe·N'/L) stay
+    balanced."""
+    check_positive_int("num_keys", num_keys)
+    return min(num_keys, 1 << math.ceil(math.log2(math.sqrt(num_keys))))
+
+
+def default_probe(n_clusters: int) -> int:
+    """The default ``n_probe`` for L lists: max(1, L // 32) when L >= 256, else max(1, L // 16),
+    (e.g. 4 of 64, 8 of 128, 8 of 256, 16 of 512): a query scans about 1/16 to 1/32 of the
+    keys."""
+    check_positive_int("n_clusters", n_clusters)
+    return max(1, n_clusters // (32 if n_clusters >= 256 else 16))
+
+
+def _nearest(points: Tensor, cents: Tensor, top: int, inner: bool) -> Tensor:
+    """(B, P, top) indices of each point's best centroids: largest p·c (``inner``) or smallest
+    distance, i.e. largest 2 p·c − |c|². Blocked over the points."""
+    b, p, _ = points.shape
+    ncent = cents.shape[1]
+    cents_t = cents.transpose(1, 2)
+    bias = None if inner else -(cents * cents).sum(-1).unsqueeze(1)
+    out = torch.empty(b, p, top, dtype=torch.long, device=points.device)
+    rows = max(1, BLOCK_ELEMENTS // max(1, b * ncent))
+    for s in range(0, p, rows):
+        e = min(s + rows, p)
+        if bias is None:
+            scores = torch.bmm(points[:, s:e], cents_t)
+        else:
+            scores = torch.baddbmm(bias, points[:, s:e], cents_t, alpha=2.0)
+        if top == 1:
+            out[:, s:e, 0] = scores.argmax(-1)
+        else:
+            out[:, s:e] = torch.topk(scores, top, dim=-1, sorted=False).indices
+    return out
+
+
+def _lloyd(points: Tensor, cents: Tensor, iters: int) -> Tensor:
+    """``iters`` Lloyd iterations of k-means on ``points`` (B, P, C) from ``cents`` (B, L, C);
+    a list left empty keeps its centroid."""
+    b, _, c = points.shape
+    ncent = cents.shape[1]
+    flat = points.reshape(-1, c)
+    offset = (torch.arange(b, device=points.device) * ncent).unsqueeze(1)
+    ones = torch.ones(flat.shape[0], dtype=points.dtype, device=points.device)
+    for _ in range(iters):
+        assign = (_nearest(points, cents, 1, inner=False)[..., 0] + offset).reshape(-1)
+        sums = torch.zeros(b * ncent, c, dtype=points.dtype, device=points.device)
+        sums.index_add_(0, assign, flat)
+        counts = torch.zeros(b * ncent, dtype=points.dtype, device=points.device)
+        counts.index_add_(0, assign, ones)
+        new = (sums / counts.clamp_min(1).unsqueeze(1)).view(b, ncent, c)
+        cents = torch.where((counts > 0).view(b, ncent, 1), new, cents)
+    return cents
+
+
+def _init_centroids(
+    key: Tensor, n_clusters: int, generator: torch.Generator | None
+) -> tuple[Tensor, Tensor]:
+    """(initial centroids (B, L, C): L distinct random keys per sample, training sample
+    (B, S, C): the first S of the same random order)."""
+    b, m, _ = key.shape
+    sample = min(m, SAMPLE_PER_CLUSTER * n_clusters)
+    gen_device = generator.device if generator is not None else torch.device("cpu")
+    perms = [torch.randperm(m, generator=generator, device=gen_device)[:sample] for _ in range(b)]
+    order = torch.stack(perms).to(key.device)
+    picked = key.gather(1, order.unsqueeze(-1).expand(-1, -1, key.shape[2]))
+    return picked[:, :n_clusters].clone(), picked
+
+
+def _caps(sizes: list[int]) -> list[int]:
+    """Each list length rounded up to 8, 12, 16, 24, 32, 48, ... (padding under 1.5x)."""
+    out = []
+    for s in sizes:
+        cap = 8
+        while cap < s:
+            cap = cap * 3 // 2 if cap & (cap - 1) == 0 else cap * 4 // 3
+        out.append(cap)
+    return out
+
+
+def ivf_knn(
+    query: Tensor,
+    key: Tensor,
+    k: int,
+    *,
+    metric: str = "logit",
+    n_clusters: int | None = None,
+    n_probe: int | None = None,
+    iters: int | None = None,
+    generator: torch.Generator | None = None,
+    centroids: Tensor | None = None,
+    exclude: Tensor | None = None,
+    order: str = "index",
+) -> IVFResult:
+    r"""The clustered approximate k-NN of every query among the keys of its sample.
+
+    .. math::
+        \mathcal{N}(i) = \operatorname{arg\,top\text{-}k}_{j \in \bigcup_{l \in P(i)} V_l}
+        s(q_i, k_j), \qquad P(i) = \text{the } n_\text{probe} \text{ best lists } V_l
+        \text{ for } q_i
+
+    with :math:`s` the inner product (``"logit"``/``"ip"``), the negated Euclidean distance
+    (``"l2"``) or the cosine similarity (``"cosine"``); see the module docstring for the
+    algorithm, its cost and its exactness. No gradient flows through the selection.
+
+    Args:
+        query (Tensor): (B, N, C) floating point.
+        key (Tensor): (B, N', C), same dtype and device.
+        k (int): neighbours per query (at most N' are returned).
+        metric (str): ``"logit"`` (= ``"ip"``), ``"l2"`` or ``"cosine"``. (default: ``"logit"``)
+        n_clusters (int, optional): lists L per sample, 1 <= L (capped at N').
+            ``None``: :func:`default_clusters` of N'. (default: ``None``)
+        n_probe (int, optional): lists scanned per query, 1 <= n_probe <= L. ``None``:
+            :func:`default_probe` of L. (default: ``None``)
+        iters (int, optional): Lloyd iterations; ``None``: 8 from a random start, 2 from
+            ``centroids``. ``0`` keeps the start as is. (default: ``None``)
+        generator (torch.Generator, optional): draws the initial centroids and the k-means
+            sample (same generator state, same graph). (default: ``None``: torch's global RNG)
+        centroids (Tensor, optional): (B, L, C) warm start, e.g. the previous call's
+            :attr:`IVFResult.centroids`. (default: ``None``)
+        exclude (Tensor, optional): (B, N) int64, a key index per query that must not be a
+            neighbour (the query itself in a k-NN graph without self-loops). (default: ``None``)
+        order (str): ``"index"`` (each row ascending, padding last) or ``"score"`` (best first,
+            ties in ascending index). (default: ``"index"``)
+
+    Returns:
+        IVFResult: ``index`` and ``mask`` (B, N, min(k, N')), ``centroids`` (B, L, C).
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> q, kv = torch.randn(1, 100, 8), torch.randn(1, 300, 8)
+        >>> res = ivf_knn(q, kv, 5, n_clusters=16, n_probe=16, generator=g)
+        >>> exact = torch.topk(q @ kv.transpose(1, 2), 5).indices.sort(-1).values
+        >>> torch.equal(res.index, exact)
+        True
+    """
+    _check_inputs(query, key, exclude)
+    k = check_positive_int("k", k)
+    check_choice("metric", metric, IVF_METRICS)
+    check_choice("order", order, ("index", "score"))
+    b, n, c = query.shape
+    m = key.shape[1]
+    if n_clusters is None:
+        n_clusters = default_clusters(max(m, 1))
+    n_clusters = min(check_positive_int("n_clusters", n_clusters), max(m, 1))
+    if n_probe is None:
+        n_probe = default_probe(n_clusters)
+    n_probe = check_positive_int("n_probe", n_probe)
+    if n_probe > n_clusters:
+        raise ValueError(
+            f"n_probe: expected an int in [1, n_clusters={n_clusters}] (lists per sample, "
+            f"at most N'={m}), got {n_probe}"
+        )
+    if iters is not None and (isinstance(iters, bool) or not isinstance(iters, int) or iters < 0):
+        raise ValueError(f"iters: expected a non-negative int or None, got {iters!r}")
+    if centroids is not None and (
+        not isinstance(centroids, Tensor) or centroids.shape != (b, n_clusters, c)
+    ):
+        got = describe(centroids) if isinstance(centroids, Tensor) else type(centroids).__name__
+        raise ValueError(f"centroids: expected a ({b}, {n_clusters}, {c}) tensor, got {got}")
+
+    with torch.no_grad():
+        work = torch.float64 if query.dtype == torch.float64 else torch.float32
+        q, kk = query.detach().to(work), key.detach().to(work)
+        if metric == "cosine":
+            q = torch.nn.functional.normalize(q, dim=-1)
+            kk = torch.nn.functional.normalize(kk, dim=-1)
+        q, kk = q.contiguous(), kk.contiguous()
+        kk_out = min(k, m)
+        if m == 0 or n == 0 or b == 0:
+            shape = (b, n, kk_out)
+            empty = torch.zeros(shape, dtype=torch.long, device=query.device)
+            cents = kk.new_zeros(b, n_clusters, c)
+            return IVFResult(empty, None if m else torch.zeros_like(empty, dtype=torch.bool), cents)
+
+        # 1. k-means centroids of the keys.
+        if centroids is None:
+            cents, sample = _init_centroids(kk, n_clusters, generator)
+            cents = _lloyd(sample, cents, COLD_ITERS if iters is None else iters)
+        else:
+            cents = centroids.detach().to(device=kk.device, dtype=work)
+            if m <= SAMPLE_PER_CLUSTER * n_clusters:
+                sample = kk
+            else:
+                sample = _init_centroids(kk, n_clusters, generator)[1]
+            cents = _lloyd(sample, cents, WARM_ITERS if iters is None else iters)
+        assign = _nearest(kk, cents, 1, inner=False)[..., 0]  # (B, N')
+        inner = metric in ("logit", "ip")
+        group = _nearest(q, cents, 1, inner=inner)[..., 0]  # (B, N): each query's best list
+        probes = _group_probes(q, group, cents, n_probe, inner)  # (B, L, P)
+
+        # 2. Scan: each query scores the keys of its group's probed lists, keeps the k best.
+        bias = -(kk * kk).sum(-1) if metric == "l2" else None
+        index = _scan(q, kk, bias, assign, group, probes, kk_out, exclude, order)
+        valid = index < m
+        mask = None if bool(valid.all()) else valid
+        if mask is not None:
+            index = index.masked_fill(~valid, 0)
+    return IVFResult(index, mask, cents.to(key.dtype) if key.dtype != work else cents)
+
+
+def _check_inputs(query: object, key: object, exclude: object) -> None:
+    for name, t in (("query", query), ("key", key)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+        if not torch.is_floating_point(t) or t.dim() != 3:
+            raise ValueError(
+                f"{name}: expected a (B, N, C) floating-point tensor, got {describe(t)}"
+            )
+    assert isinstance(query, Tensor) and isinstance(key, Tensor)
+    if (
+        key.shape[0] != query.shape[0]
+        or key.shape[2] != query.shape[2]
+        or key.device != query.device
+    ):
+        raise ValueError(
+            f"key: expected ({query.shape[0]}, N', {query.shape[2]}) on {query.device} like "
+            f"query, got {describe(key)}"
+        )
+    for name, t in (("query", query), ("key", key)):
+        if t.numel() and not bool(torch.isfinite(t).all()):
+            raise ValueError(
+                f"{name}: expected finite values (the clustered k-NN ranks by distance), got "
+                "NaN or infinite entries"
+            )
+    if exclude is not None and (
+        not isinstance(exclude, Tensor)
+        or exclude.dtype != torch.long
+        or exclude.shape != query.shape[:2]
+    ):
+        got = describe(exclude) if isinstance(exclude, Tensor) else type(exclude).__name__
+        raise ValueError(
+            f"exclude: expected a ({query.shape[0]}, {query.shape[1]}) int64 tensor, got {got}"
+        )
+
+
+def _group_probes(q: Tensor, group: Tensor, cents: Tensor, n_probe: int, inner: bool) -> Tensor:
+    """(B, L, P): the ``n_probe`` best lists for the mean query of each group (the queries
+    whose best list is that one); a group without queries gets its own list's neighbours."""
+    b, n, c = q.shape
+    ncent = cents.shape[1]
+    offset = (torch.arange(b, device=q.device) * ncent).unsqueeze(1)
+    flat = (group + offset).reshape(-1)
+    sums = torch.zeros(b * ncent, c, dtype=q.dtype, device=q.device)
+    sums.index_add_(0, flat, q.reshape(-1, c))
+    counts = torch.zeros(b * ncent, dtype=q.dtype, device=q.device)
+    counts.index_add_(0, flat, torch.ones_like(flat, dtype=q.dtype))
+    mean = (sums / counts.clamp_min(1).unsqueeze(1)).view(b, ncent, c)
+    mean = torch.where((counts > 0).view(b, ncent, 1), mean, cents)
+    return _nearest(mean, cents, n_probe, inner=inner)
+
+
+def _scan(
+    q: Tensor,
+    kk: Tensor,
+    bias: Tensor | None,
+    assign: Tensor,
+    group: Tensor,
+    probes: Tensor,
+    k: int,
+    exclude: Tensor | None,
+    order: str,
+) -> Tensor:
+    """(B, N, k) key indices: each query's k best among the keys of its group's probed lists
+    (ties towards the lower index); index N' where fewer than k candidates exist."""
+    b, n, c = q.shape
+    m = kk.shape[1]
+    ncent, p = probes.shape[1], probes.shape[2]
+    dev = q.device
+    lists = b * ncent
+    offset = torch.arange(b, device=dev) * ncent
+    key_list = (assign + offset.unsqueeze(1)).reshape(-1)  # (B·N',) global list of each key
+    key_order = torch.argsort(key_list, stable=True)  # keys grouped by list, index ascending
+    k_count = torch.bincount(key_list, minlength=lists)
+    k_start = k_count.cumsum(0) - k_count
+    q_group = (group + offset.unsqueeze(1)).reshape(-1)  # (B·N,)
+    q_order = torch.argsort(q_group, stable=True)
+    q_count = torch.bincount(q_group, minlength=lists)
+    q_start = q_count.cumsum(0) - q_count
+    g_lists = (probes + offset.view(b, 1, 1)).view(lists, p)  # probed lists of each group
+    g_count = k_count[g_lists]  # (lists, P) keys per probed list
+    g_total = g_count.sum(1)
+    totals, demand = torch.stack([g_total, q_count]).tolist()  # the one read of the shapes
+
+    flat_q = q.reshape(b * n, c)
+    flat_k = kk.reshape(b * m, c)
+    flat_bias = None if bias is None else bias.reshape(-1)
+    flat_excl = None
+    if exclude is not None:  # as global key rows b·N' + j
+        flat_excl = (exclude + (torch.arange(b, device=dev) * m).unsqueeze(1)).reshape(-1)
+    out = torch.full((b * n + 1, k), m, dtype=torch.long, device=dev)
+
+    by_cap: dict[int, list[int]] = {}
+    for g, (cap, need) in enumerate(zip(_caps(totals), demand)):
+        if need and totals[g]:
+            by_cap.setdefault(cap, []).append(g)
+    slot = torch.arange(TILE, device=dev)
+    for cap, groups in sorted(by_cap.items()):
+        gs = torch.tensor(groups, device=dev)
+        # The candidates of each group: its probed lists, concatenated, sorted by key index.
+        ends = g_count[gs].cumsum(1)
+        col = torch.arange(cap, device=dev).expand(len(groups), cap).contiguous()
+        seg = torch.searchsorted(ends, col, right=True).clamp_(max=p - 1)
+        within = col - (ends - g_count[gs]).gather(1, seg)
+        pos = k_start[g_lists[gs].gather(1, seg)] + within
+        cand = key_order[pos.clamp_(0, b * m - 1)]
+        cand = torch.where(col < g_total[gs].unsqueeze(1), cand, b * m)
+        cand = torch.sort(cand, dim=1).values  # global key rows ascending, b·N' (none) last
+        cand_valid = cand < b * m
+        cand_rows = cand.clamp(max=b * m - 1)
+        cand_local = torch.where(
+            cand_valid, cand - torch.div(cand, m, rounding_mode="floor") * m, m
+        )
+        zero = torch.zeros((), dtype=q.dtype, device=dev)
+        col_bias = torch.where(
+            cand_valid, zero if flat_bias is None else flat_bias[cand_rows], float("-inf")
+        )
+        # Tiles of up to TILE queries of one group.
+        tiles = [-(-demand[g] // TILE) for g in groups]
+        tiles_t = torch.tensor(tiles, device=dev)
+        t_group = torch.repeat_interleave(torch.arange(len(groups), device=dev), tiles_t)
+        first = torch.cumsum(tiles_t, 0) - tiles_t
+        t_off = (torch.arange(t_group.shape[0], device=dev) - first[t_group]) * TILE
+        kp = min(k, cap)
+        chunk = max(1, BLOCK_ELEMENTS // (TILE * cap))
+        for s in range(0, t_group.shape[0], chunk):
+            gi, off = t_group[s : s + chunk], t_off[s : s + chunk]
+            gg = gs[gi]
+            rank = off.unsqueeze(1) + slot  # (T, TILE) rank of the query in its group
+            qvalid = rank < q_count[gg].unsqueeze(1)
+            qrow = q_order[(q_start[gg].unsqueeze(1) + rank).clamp_(max=b * n - 1)]
+            rows = cand_rows[gi]  # (T, cap)
+            scores = torch.bmm(flat_q[qrow], flat_k[rows].transpose(1, 2))
+            if flat_bias is not None:
+                scores.mul_(2.0)  # l2: 2 q.k - |k|^2
+            scores.add_(col_bias[gi].unsqueeze(1))  # (and -inf on the padding columns)
+            if flat_excl is not None:
+                own = flat_excl[qrow].unsqueeze(2) == rows.unsqueeze(1)
+                scores.masked_fill_(own, float("-inf"))
+            best = topk_tie_low(scores, kp, order=order)  # (T, TILE, kp)
+            picked = cand_local[gi].unsqueeze(1).expand(-1, TILE, -1).gather(2, best)
+            picked.masked_fill_(scores.gather(2, best) == float("-inf"), m)
+            dest = torch.where(qvalid, qrow, b * n).reshape(-1)
+            out[:, :kp].index_copy_(0, dest, picked.reshape(-1, kp))
+    index = out[: b * n].view(b, n, k)
+    if order == "index":
+        index = torch.sort(index, dim=-1).values  # padding (index N') back to the end
+    return index
