@@ -68,6 +68,13 @@ def test_all_lists_probed_is_exact(metric, dtype, device):
     assert torch.equal(KNN(9, metric=metric).build(q, k).index, expected)
 
 
+def test_half_precision_is_searched_in_float32():
+    x = _mixture(1, 600, 8, 6, seed=8).bfloat16()
+    got = ivf_knn(x, x, 5, n_clusters=8, n_probe=8)
+    assert torch.equal(got.index, _brute(_scores(x.float(), x.float(), "logit"), 5))
+    assert got.centroids.dtype == torch.float32
+
+
 def test_score_order_and_exclude():
     """order="score": best first; exclude: a query's own index is never a neighbour."""
     gen = torch.Generator().manual_seed(0)

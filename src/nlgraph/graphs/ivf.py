@@ -31,7 +31,10 @@ fewer than k keys gets fewer neighbours: its remaining slots are padding (``mask
 
 **Host reads.** Unlike the exact builder, the clustered search reads the list and tile sizes
 on the host once per call (the block shapes depend on the clusters), and checks that the
-features are finite.
+features are finite: ``torch.compile`` breaks its graph there (``fullgraph=True`` and CUDA-graph
+capture need the exact search or a graph built outside).
+
+**Precision.** float16/bfloat16 inputs are searched in float32, float64 inputs in float64.
 """
 
 from __future__ import annotations
@@ -70,7 +73,8 @@ class IVFResult:
         mask (Tensor or None): (B, N, min(k, N')) bool, False at padding; ``None`` when every
             query got min(k, N') neighbours.
         centroids (Tensor): (B, L, C) the k-means centroids of the keys (in the search space:
-            unit-normalised keys for ``"cosine"``), to warm-start the next call.
+            unit-normalised keys for ``"cosine"``; float32, or float64 for float64 inputs), to
+            warm-start the next call.
     """
 
     index: Tensor
@@ -279,7 +283,7 @@ def ivf_knn(
         mask = None if bool(valid.all()) else valid
         if mask is not None:
             index = index.masked_fill(~valid, 0)
-    return IVFResult(index, mask, cents.to(key.dtype) if key.dtype != work else cents)
+    return IVFResult(index, mask, cents)
 
 
 def _check_inputs(query: object, key: object, exclude: object) -> None:
