@@ -48,7 +48,7 @@ from torch import Tensor
 from .._validate import check_choice, check_positive_int, describe
 from ._topk import topk_tie_low
 
-__all__ = ["IVFResult", "default_clusters", "default_probe", "ivf_knn"]
+__all__ = ["IVFResult", "default_clusters", "default_probe", "ivf_knn", "search_points"]
 
 #: The metrics of the clustered search (``"ip"`` is ``"logit"``: the plain inner product).
 IVF_METRICS: tuple[str, ...] = ("logit", "l2", "cosine", "ip")
@@ -121,6 +121,21 @@ def _nearest(points: Tensor, cents: Tensor, top: int, inner: bool) -> Tensor:
     return out
 
 
+def _segment_sums(points: Tensor, ids: Tensor, num: int) -> tuple[Tensor, Tensor]:
+    """(sums (num, C), counts (num,)) of the rows of ``points`` (P, C) by id in [0, num), by
+    one sort and a float64 running sum (``index_add_`` is several times slower here on CPU
+    and pathological when the cores are shared)."""
+    order = torch.argsort(ids)
+    counts = torch.bincount(ids, minlength=num)
+    ends = counts.cumsum(0)
+    running = torch.zeros(
+        points.shape[0] + 1, points.shape[1], dtype=torch.float64, device=points.device
+    )
+    torch.cumsum(points.index_select(0, order).to(torch.float64), 0, out=running[1:])
+    sums = running.index_select(0, ends) - running.index_select(0, ends - counts)
+    return sums.to(points.dtype), counts
+
+
 def _lloyd(points: Tensor, cents: Tensor, iters: int) -> Tensor:
     """``iters`` Lloyd iterations of k-means on ``points`` (B, P, C) from ``cents`` (B, L, C);
     a list left empty keeps its centroid."""
@@ -128,14 +143,10 @@ def _lloyd(points: Tensor, cents: Tensor, iters: int) -> Tensor:
     ncent = cents.shape[1]
     flat = points.reshape(-1, c)
     offset = (torch.arange(b, device=points.device) * ncent).unsqueeze(1)
-    ones = torch.ones(flat.shape[0], dtype=points.dtype, device=points.device)
     for _ in range(iters):
         assign = (_nearest(points, cents, 1, inner=False)[..., 0] + offset).reshape(-1)
-        sums = torch.zeros(b * ncent, c, dtype=points.dtype, device=points.device)
-        sums.index_add_(0, assign, flat)
-        counts = torch.zeros(b * ncent, dtype=points.dtype, device=points.device)
-        counts.index_add_(0, assign, ones)
-        new = (sums / counts.clamp_min(1).unsqueeze(1)).view(b, ncent, c)
+        sums, counts = _segment_sums(flat, assign, b * ncent)
+        new = (sums / counts.clamp_min(1).unsqueeze(1).to(sums.dtype)).view(b, ncent, c)
         cents = torch.where((counts > 0).view(b, ncent, 1), new, cents)
     return cents
 
@@ -327,12 +338,8 @@ def _group_probes(q: Tensor, group: Tensor, cents: Tensor, n_probe: int, inner: 
     b, n, c = q.shape
     ncent = cents.shape[1]
     offset = (torch.arange(b, device=q.device) * ncent).unsqueeze(1)
-    flat = (group + offset).reshape(-1)
-    sums = torch.zeros(b * ncent, c, dtype=q.dtype, device=q.device)
-    sums.index_add_(0, flat, q.reshape(-1, c))
-    counts = torch.zeros(b * ncent, dtype=q.dtype, device=q.device)
-    counts.index_add_(0, flat, torch.ones_like(flat, dtype=q.dtype))
-    mean = (sums / counts.clamp_min(1).unsqueeze(1)).view(b, ncent, c)
+    sums, counts = _segment_sums(q.reshape(-1, c), (group + offset).reshape(-1), b * ncent)
+    mean = (sums / counts.clamp_min(1).unsqueeze(1).to(sums.dtype)).view(b, ncent, c)
     mean = torch.where((counts > 0).view(b, ncent, 1), mean, cents)
     return _nearest(mean, cents, n_probe, inner=inner)
 
@@ -433,3 +440,57 @@ def _scan(
     if order == "index":
         index = torch.sort(index, dim=-1).values  # padding (index N') back to the end
     return index
+
+
+def search_points(
+    x: Tensor,
+    y: Tensor,
+    k: int,
+    ptr_x: list[int],
+    ptr_y: list[int],
+    metric: str,
+    self_index: Tensor | None,
+    *,
+    n_clusters: int | None = None,
+    n_probe: int | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor]:
+    """(query, point) index pairs of the clustered search over PyG-style graphs: for each
+    graph g, the queries ``y[ptr_y[g]:ptr_y[g+1]]`` among the points ``x[ptr_x[g]:ptr_x[g+1]]``
+    (:func:`ivf_knn` per graph, ``n_clusters`` and ``n_probe`` per graph, both capped at the
+    graph's size), queries ascending,
+    each query's neighbours best first; ``metric`` ``"l2"``, ``"cosine"`` or ``"ip"``.
+    ``self_index``: per query, a point index to leave out (the query itself), or ``None``."""
+    rows_out: list[Tensor] = []
+    cols_out: list[Tensor] = []
+    for g in range(len(ptr_y) - 1):
+        (qs, qe), (xs, xe) = ptr_y[g : g + 2], ptr_x[g : g + 2]
+        if qe == qs or xe == xs:
+            continue
+        exclude = None if self_index is None else (self_index[qs:qe] - xs).unsqueeze(0)
+        clusters = default_clusters(xe - xs) if n_clusters is None else min(n_clusters, xe - xs)
+        probe = None if n_probe is None else min(n_probe, clusters)
+        res = ivf_knn(
+            y[qs:qe].unsqueeze(0),
+            x[xs:xe].unsqueeze(0),
+            k,
+            metric=metric,
+            n_clusters=clusters,
+            n_probe=probe,
+            generator=generator,
+            exclude=exclude,
+            order="score",
+        )
+        index = res.index[0]
+        rows = torch.arange(qs, qe, device=x.device).unsqueeze(1).expand_as(index)
+        if res.mask is None:
+            rows_out.append(rows.reshape(-1))
+            cols_out.append((index + xs).reshape(-1))
+        else:
+            keep = res.mask[0]
+            rows_out.append(rows[keep])
+            cols_out.append(index[keep] + xs)
+    if not rows_out:
+        empty = torch.empty(0, dtype=torch.long, device=x.device)
+        return empty, empty
+    return torch.cat(rows_out), torch.cat(cols_out)
