@@ -105,7 +105,14 @@ def test_signatures_extend_pyg(ours, pyg) -> None:
         (p.name, p.default) for p in theirs
     ]
     assert all(p.kind is p.POSITIONAL_OR_KEYWORD for p in mine[: len(theirs)])
-    assert [p.name for p in mine[len(theirs) :]] == ["metric", "block_size", "backend"]
+    assert [p.name for p in mine[len(theirs) :]] == [
+        "metric",
+        "block_size",
+        "backend",
+        "search",
+        "n_clusters",
+        "n_probe",
+    ]
     assert all(p.kind is p.KEYWORD_ONLY for p in mine[len(theirs) :])
 
 

@@ -19,6 +19,7 @@ wavelengths (the Transformer's positional encoding), as the official code does.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -29,6 +30,7 @@ from .._validate import check_choice, check_edge_index, check_positive_int, desc
 from ..nodes import check_batch, check_boxes
 from ._topk import topk_tie_low
 from .base import COOGraph, trusted
+from .grid_knn import search_grid
 from .spec import Graph, GraphContext, GraphSpec
 
 __all__ = [
@@ -45,6 +47,9 @@ BOX_METRICS: tuple[str, ...] = ("center", "iou")
 
 #: Rows of one image scored at a time by the k-NN search (memory O(rows · boxes of the image)).
 _ROW_BLOCK = 1024
+#: Images with more boxes than this use the grid search for the centre k-NN; below, the row
+#: blocks (one pass, no host read: detection batches hold a few hundred boxes per image).
+_GRID_MIN_BOXES = 2048
 
 
 @dataclass(frozen=True)
@@ -132,6 +137,13 @@ def box_graph(
     relation module where a box attends to itself; an image with fewer than k boxes gives all
     of them.
 
+    Cost: the centre k-NN of a batch with an image of more than 2048 boxes uses the
+    uniform-grid search of :mod:`nlgraph.graphs.grid_knn`
+    (2-D centres, l2: the rule of ``knn_graph(search="auto")``), O(R log R + R·c) work with c
+    a small multiple of k, ranking by the squared centre distance
+    :math:`\sum (c_m - c_n)^2` (exact up to float rounding of near-ties); smaller batches and
+    the IoU k-NN score each image's pairs in blocks of rows, O(Σ_images R_g²) work.
+
     Args:
         boxes (Tensor): (R, 4) ``(x1, y1, x2, y2)`` boxes, x1 <= x2 and y1 <= y2.
         batch (Tensor, optional): (R,) int64 image of each box, any order; ``None``: one image.
@@ -195,6 +207,8 @@ def _full_edges(batch: Tensor, counts: list[int]) -> Tensor:
 
 def _knn_edges(boxes: Tensor, counts: list[int], k: int, metric: str) -> Tensor:
     """Each box's k best boxes of its own image, scored in row blocks (ties: lower index)."""
+    if metric == "center" and max(counts, default=0) > _GRID_MIN_BOXES:
+        return _centre_knn_edges(boxes, counts, k)
     sources, targets = [], []
     start = 0
     for size in counts:
@@ -220,6 +234,28 @@ def _knn_edges(boxes: Tensor, counts: list[int], k: int, metric: str) -> Tensor:
     if not sources:
         return torch.zeros(2, 0, dtype=torch.long, device=boxes.device)
     return torch.stack([torch.cat(sources), torch.cat(targets)])
+
+
+def _centre_knn_edges(boxes: Tensor, counts: list[int], k: int) -> Tensor:
+    """Each box, then its k - 1 nearest other boxes of its image by centre distance (the grid
+    search; ties to the lower index): (2, E) with E = Σ_images R_g·min(k, R_g), by target."""
+    dev = boxes.device
+    sizes = torch.tensor(counts, dtype=torch.long, device=dev)
+    degree = sizes.clamp(max=k).repeat_interleave(sizes)  # edges into each box
+    n_boxes = boxes.shape[0]
+    own = torch.arange(n_boxes, device=dev)
+    target = own.repeat_interleave(degree)
+    source = torch.empty_like(target)
+    first = torch.cumsum(degree, 0) - degree
+    source[first] = own  # the box itself first
+    if k > 1 and n_boxes:
+        centre = (boxes[:, :2] + boxes[:, 2:]) / 2
+        ptr = [0, *itertools.accumulate(counts)]
+        _, near = search_grid(centre, centre, k - 1, ptr, ptr, exclude_self=True)
+        others = torch.ones_like(target, dtype=torch.bool)
+        others[first] = False
+        source[others] = near
+    return torch.stack([source, target])
 
 
 def box_geometry(boxes: Tensor, edge_index: Tensor, eps: float = 1e-3) -> Tensor:

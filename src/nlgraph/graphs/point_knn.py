@@ -12,7 +12,18 @@ query rows :math:`y_b` (at most ``block_size``) and the points :math:`x` of thei
     reversed})
 
 and a tie-aware top-k picks each row's k largest (the k nearest), so peak memory is
-O(block_size · N) rather than N × M.
+O(block_size · N) rather than N × M, and the work is O(N · M · F).
+
+**Search.** Points with at most 3 features (positions, box centres) under the l2 metric take
+:func:`nlgraph.graphs.grid_knn.search_grid` instead (``search="auto"``, the default): a uniform
+grid (cell list) whose cells are sized from the data, searched cell by cell and widened until
+every query's k nearest are certain, in O((N + M) log N + M · c) work (c a small multiple of k
+candidates per query on spread data) and O(N + M · k) memory. It returns the same neighbours in
+the same order; it ranks by :math:`\sum_f (y_f - x_f)^2` rather than the score above, which
+rounds relative to :math:`\lVert x_j \rVert^2`, so the two can order float32 near-ties
+(distances equal to ~1e-7 relative) differently, the grid being the exact one (see its module
+docstring). ``search="exact"`` always takes the blocked all-pairs search, ``search="grid"``
+insists on the grid.
 ``cosine=True`` (or ``metric="cosine"``) ranks by the cosine distance
 :math:`1 - \hat y_i \cdot \hat x_j` (rows scaled to unit norm; a zero row has similarity 0 to
 everything); ``metric="ip"`` ranks by the inner product :math:`y_i \cdot x_j`, largest first.
@@ -40,19 +51,25 @@ instead of read from the batch vectors' last id.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
 from .._validate import check_bool, check_choice, check_float_tensor, check_positive_int, describe
 from ._topk import topk_tie_low
+from .grid_knn import GRID_MAX_FEATURES, search_grid
+from .ivf import search_points
 
-__all__ = ["knn", "knn_graph"]
+__all__ = ["SEARCHES", "knn", "knn_graph"]
 
 METRICS: tuple[str, ...] = ("l2", "cosine", "ip")
 #: Elements of one block's (rows, N) score buffer when ``block_size=None``.
 AUTO_BLOCK_ELEMENTS = 1 << 22
 BACKENDS: tuple[str, ...] = ("torch", "faiss")
 FLOWS: tuple[str, ...] = ("source_to_target", "target_to_source")
+#: Neighbour searches: the grid where it applies, the blocked all-pairs search, the grid.
+SEARCHES: tuple[str, ...] = ("auto", "exact", "grid", "ivf")
 
 
 def _resolve_metric(cosine: bool, metric: str | None) -> str:
@@ -287,6 +304,100 @@ def _search_faiss(
     return torch.cat(rows_out).to(x.device), torch.cat(cols_out).to(x.device)
 
 
+def _search_grid(
+    x: Tensor,
+    y: Tensor,
+    k: int,
+    ptr_x: list[int],
+    ptr_y: list[int],
+    metric: str,
+    block_size: int,
+    self_index: Tensor | None,
+) -> tuple[Tensor, Tensor]:
+    """:func:`~nlgraph.graphs.grid_knn.search_grid` behind the signature of the other
+    searches (l2 only; ``block_size`` is not used: the grid sizes its own blocks;
+    ``self_index`` is ``arange(N)`` with ``y`` is ``x``, from :func:`knn_graph`)."""
+    return search_grid(x, y, k, ptr_x, ptr_y, exclude_self=self_index is not None)
+
+
+#: The searches' common signature: (x, y, k, ptr_x, ptr_y, metric, block_size, self_index).
+_Searcher = Callable[
+    [Tensor, Tensor, int, list[int], list[int], str, int, Tensor | None], tuple[Tensor, Tensor]
+]
+
+
+def _search_ivf(n_clusters: int | None, n_probe: int | None) -> _Searcher:
+    """The clustered search (:func:`nlgraph.graphs.ivf.search_points`, k-means seeded with 0:
+    the same input gives the same graph) behind the signature of the other searches."""
+
+    def run(
+        x: Tensor,
+        y: Tensor,
+        k: int,
+        ptr_x: list[int],
+        ptr_y: list[int],
+        metric: str,
+        block_size: int,
+        self_index: Tensor | None,
+    ) -> tuple[Tensor, Tensor]:
+        generator = torch.Generator().manual_seed(0)
+        return search_points(
+            x,
+            y,
+            k,
+            ptr_x,
+            ptr_y,
+            metric,
+            self_index,
+            n_clusters=n_clusters,
+            n_probe=n_probe,
+            generator=generator,
+        )
+
+    return run
+
+
+def _searcher(
+    search: str,
+    features: int,
+    metric: str,
+    backend: str,
+    n_clusters: object = None,
+    n_probe: object = None,
+) -> _Searcher:
+    """The search function for the ``search`` argument (checked in :func:`_prepare`)."""
+    for name, value in (("n_clusters", n_clusters), ("n_probe", n_probe)):
+        if value is not None:
+            check_positive_int(name, value)
+            if search != "ivf":
+                raise ValueError(
+                    f"{name}: only used by search='ivf' (the clustered search), got "
+                    f"{name}={value} with search={search!r}"
+                )
+    if search == "ivf":
+        if backend != "torch":
+            raise ValueError(f"search: 'ivf' needs backend 'torch', got backend {backend!r}")
+        if n_clusters is not None and n_probe is not None and n_probe > n_clusters:  # type: ignore[operator]
+            raise ValueError(
+                f"n_probe: expected an int in [1, n_clusters={n_clusters}], got {n_probe}"
+            )
+        return _search_ivf(n_clusters, n_probe)  # type: ignore[arg-type]
+    grid_ok = features <= GRID_MAX_FEATURES and metric == "l2" and backend == "torch"
+    if search == "grid":
+        if features > GRID_MAX_FEATURES:
+            raise ValueError(
+                f"search: 'grid' needs at most {GRID_MAX_FEATURES} features, got {features}"
+            )
+        if metric != "l2":
+            raise ValueError(f"search: 'grid' needs metric 'l2', got metric {metric!r}")
+        if backend != "torch":
+            raise ValueError(f"search: 'grid' needs backend 'torch', got backend {backend!r}")
+        return _search_grid
+    if search == "auto" and grid_ok:
+        return _search_grid
+    return _search_faiss if backend == "faiss" else _search_torch
+
+
 def _prepare(
     x: object,
     y: object,
@@ -299,9 +410,12 @@ def _prepare(
     metric: str | None,
     block_size: object,
     backend: object,
+    search: object,
     batch_names: tuple[str, str] = ("batch_x", "batch_y"),
-) -> tuple[Tensor, Tensor, int, list[int], list[int], str, int, str]:
-    """Validate the common arguments; return them with the graphs' offsets."""
+    n_clusters: object = None,
+    n_probe: object = None,
+) -> tuple[Tensor, Tensor, int, list[int], list[int], str, int, _Searcher]:
+    """Validate the common arguments; return them with the graphs' offsets and the search."""
     same_points = y is x
     x = _check_points("x", x)
     y = x if same_points else _check_points("y", y)
@@ -319,11 +433,13 @@ def _prepare(
     if batch_size is not None:
         batch_size = check_positive_int("batch_size", batch_size)
     check_choice("backend", backend, BACKENDS)
+    check_choice("search", search, SEARCHES)
+    searcher = _searcher(search, x.shape[1], metric, backend, n_clusters, n_probe)  # type: ignore[arg-type]
     same_batch = same_points and batch_y is batch_x
     batch_x = _ptr(batch_names[0], batch_x, x.shape[0], x)
     batch_y = batch_x if same_batch else _ptr(batch_names[1], batch_y, y.shape[0], x)
     ptr_x, ptr_y = _graph_offsets(batch_x, batch_y, x.shape[0], y.shape[0], batch_size, batch_names)
-    return x, y, k, ptr_x, ptr_y, metric, block_size, backend  # type: ignore[return-value]
+    return x, y, k, ptr_x, ptr_y, metric, block_size, searcher
 
 
 def knn(
@@ -339,6 +455,9 @@ def knn(
     metric: str | None = None,
     block_size: int | None = None,
     backend: str = "torch",
+    search: str = "auto",
+    n_clusters: int | None = None,
+    n_probe: int | None = None,
 ) -> Tensor:
     r"""For each point of ``y``, the k nearest points of ``x`` (exact; ``torch_geometric.nn.knn``).
 
@@ -347,6 +466,10 @@ def knn(
 
     with :math:`d` the Euclidean, cosine (``cosine=True``) or negated inner-product
     (``metric="ip"``) distance, ties towards the lower j (see the module docstring).
+
+    Cost: the blocked all-pairs search does O(N·M·F) work in O(block_size·N) memory; the grid
+    (``search="auto"`` with F <= 3 and l2, or ``"grid"``) O((N + M) log N + M·c) work, c a
+    small multiple of k on spread data, in O(N + M·k) memory.
 
     Args:
         x (Tensor): points :math:`X \in \mathbb{R}^{N \times F}`, floating point; 1-D is
@@ -374,6 +497,23 @@ def knn(
             16 MiB in float32. (default: ``None``)
         backend (str, optional): ``"torch"`` or ``"faiss"`` (flat indexes, float32 on CPU;
             needs ``pip install nlgraph[faiss]``). (default: ``"torch"``)
+        search (str, optional): ``"auto"``: the grid search
+            (:mod:`nlgraph.graphs.grid_knn`) when F <= 3, the metric is l2 and the backend
+            torch, else the blocked all-pairs search; ``"exact"``: always the blocked
+            all-pairs search; ``"grid"``: always the grid (``ValueError`` naming ``search`` for
+            F > 3, another metric or backend). Both are exact and give the same neighbours in
+            the same order, up to float32 rounding of near-ties (module docstring). The grid
+            needs finite coordinates (``ValueError`` naming ``x`` or ``y``) and ignores
+            ``block_size``. ``"ivf"``: the clustered *approximate* search of
+            :mod:`nlgraph.graphs.ivf` per graph (any metric and F; k-means seeded with 0, so
+            the same input gives the same graph; a query may get fewer than k neighbours when
+            its probed lists hold fewer points; recall: :func:`nlgraph.graphs.knn_recall`).
+            (default: ``"auto"``)
+        n_clusters (int, optional): ``search="ivf"``: k-means lists per graph (capped at its
+            size); ``None``: :func:`nlgraph.graphs.ivf.default_clusters`. (default: ``None``)
+        n_probe (int, optional): ``search="ivf"``: lists scanned per query, at most
+            ``n_clusters``; ``None``: :func:`nlgraph.graphs.ivf.default_probe`.
+            (default: ``None``)
 
     Returns:
         Tensor: ``edge_index`` (2, E) int64 on x's device, row 0 indexing y and row 1 indexing
@@ -390,11 +530,23 @@ def knn(
         tensor([[0, 0, 1, 1],
                 [0, 1, 2, 3]])
     """
-    x, y, k, ptr_x, ptr_y, metric, block_size, backend = _prepare(
-        x, y, k, batch_x, batch_y, cosine, num_workers, batch_size, metric, block_size, backend
+    x, y, k, ptr_x, ptr_y, metric, block_size, searcher = _prepare(
+        x,
+        y,
+        k,
+        batch_x,
+        batch_y,
+        cosine,
+        num_workers,
+        batch_size,
+        metric,
+        block_size,
+        backend,
+        search,
+        n_clusters=n_clusters,
+        n_probe=n_probe,
     )
-    search = _search_faiss if backend == "faiss" else _search_torch
-    rows, cols = search(x, y, k, ptr_x, ptr_y, metric, block_size, None)
+    rows, cols = searcher(x, y, k, ptr_x, ptr_y, metric, block_size, None)
     return torch.stack([rows, cols])
 
 
@@ -411,6 +563,9 @@ def knn_graph(
     metric: str | None = None,
     block_size: int | None = None,
     backend: str = "torch",
+    search: str = "auto",
+    n_clusters: int | None = None,
+    n_probe: int | None = None,
 ) -> Tensor:
     r"""Edges from each point's k nearest points (exact; ``torch_geometric.nn.knn_graph``).
 
@@ -421,6 +576,9 @@ def knn_graph(
     The query itself is left out explicitly when ``loop=False`` (PyG searches k + 1 and drops
     it, which keeps k + 1 edges in the rare case the point is not among its own k + 1 nearest,
     e.g. with more than k duplicates of lower index).
+
+    Cost: O(N²·F) work in O(block_size·N) memory (all pairs), or with the grid (default for
+    F <= 3 and l2) O(N log N + N·c) work, c a small multiple of k, in O(N·k) memory.
 
     Args:
         x (Tensor): points :math:`X \in \mathbb{R}^{N \times F}`, floating point; 1-D is
@@ -441,6 +599,10 @@ def knn_graph(
         block_size (int, optional): query rows per block; ``None`` as in :func:`knn`.
             (default: ``None``)
         backend (str, optional): ``"torch"`` or ``"faiss"``. (default: ``"torch"``)
+        search (str, optional): ``"auto"``, ``"exact"``, ``"grid"`` or ``"ivf"``
+            (approximate); see :func:`knn`. (default: ``"auto"``)
+        n_clusters (int, optional): ``search="ivf"`` lists per graph; see :func:`knn`.
+        n_probe (int, optional): ``search="ivf"`` lists scanned per query; see :func:`knn`.
 
     Returns:
         Tensor: ``edge_index`` (2, E) int64, E <= N·k, grouped by point i, nearest first.
@@ -456,7 +618,7 @@ def knn_graph(
     """
     check_bool("loop", loop)
     check_choice("flow", flow, FLOWS)
-    x, _, k, ptr, _, metric, block_size, backend = _prepare(
+    x, _, k, ptr, _, metric, block_size, searcher = _prepare(
         x,
         x,
         k,
@@ -468,11 +630,13 @@ def knn_graph(
         metric,
         block_size,
         backend,
+        search,
         ("batch", "batch"),
+        n_clusters,
+        n_probe,
     )
     own = None if loop else torch.arange(x.shape[0], device=x.device)
-    search = _search_faiss if backend == "faiss" else _search_torch
-    rows, cols = search(x, x, k, ptr, ptr, metric, block_size, own)
+    rows, cols = searcher(x, x, k, ptr, ptr, metric, block_size, own)
     if flow == "source_to_target":
         return torch.stack([cols, rows])
     return torch.stack([rows, cols])
