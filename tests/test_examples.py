@@ -36,3 +36,22 @@ def test_example_runs(
     assert out.strip(), f"{path.name} printed nothing"
     if path.name == "quickstart.py":
         assert "round trip max |difference|: 0.0" in out
+
+
+@pytest.mark.slow
+def test_knn_graphs_quick_reports_every_row(tmp_path: Path) -> None:
+    """examples/knn_graphs.py --quick: every row of the experiment (baseline, dense, exact,
+    clustered, each refresh period) lands in the table, with the trade-off and ivf sentences
+    and the plot."""
+    path = Path(__file__).resolve().parents[1] / "examples" / "knn_graphs.py"
+    module = runpy.run_path(str(path), run_name="example")
+    module["main"](["--quick", "--quiet", "--refresh", "2", "3", "--out-dir", str(tmp_path)])
+    md = (tmp_path / "knn_graphs.md").read_text()
+    for row in ("baseline", "dense", "knn", "knn-ivf", "knn-T2", "knn-T3"):
+        assert f"| `{row}` |" in md, row
+    assert "refresh_every=3" in md
+    assert "search='ivf'" in md
+    assert "Refresh schedule" in md and "Clustered vs exact search" in md
+    assert "| exact | - | 100% | 100.0% |" in md  # the search-quality table
+    assert md.count("| 100% | 100.0% |") == 2  # probing every list is exact
+    assert (tmp_path / "knn_graphs.png").stat().st_size > 0
