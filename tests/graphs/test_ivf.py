@@ -255,3 +255,28 @@ def test_knn_recall_hand_made():
         knn_recall(a, exact)
     with pytest.raises(ValueError, match=r"approx: expected \(G, N\) = \(1, 2\)"):
         knn_recall(RegularGraph(torch.zeros(1, 3, 3, dtype=torch.long), 5), exact)
+
+
+def test_point_knn_with_ivf():
+    """knn/knn_graph(search="ivf"): every list probed equals the exact search per graph of a
+    batch (self-loops left out); bad arguments name themselves."""
+    from nlgraph.graphs import knn, knn_graph
+
+    x = _mixture(1, 900, 6, 8, seed=9)[0]
+    batch = torch.tensor([0] * 400 + [2] * 500)  # graph 1 is empty
+    exact = knn_graph(x, 7, batch, search="exact")
+    got = knn_graph(x, 7, batch, search="ivf", n_clusters=6, n_probe=6)
+    assert torch.equal(got, exact)
+    y = _mixture(1, 50, 6, 8, seed=10)[0]
+    assert torch.equal(
+        knn(x, y, 4, metric="ip", search="ivf", n_clusters=5, n_probe=5),
+        knn(x, y, 4, metric="ip"),
+    )
+    approx = knn_graph(x, 7, batch, search="ivf")
+    assert knn_recall(approx, exact) > 0.8
+    with pytest.raises(ValueError, match="n_probe: only used by search='ivf'"):
+        knn_graph(x, 3, n_probe=2)
+    with pytest.raises(ValueError, match=r"n_probe: expected an int in \[1, n_clusters=2\]"):
+        knn_graph(x, 3, search="ivf", n_clusters=2, n_probe=3)
+    with pytest.raises(ValueError, match="search: 'ivf' needs backend 'torch'"):
+        knn_graph(x, 3, search="ivf", backend="faiss")
