@@ -342,7 +342,7 @@ class _Search:
         # int32 bits are stored in the float column) or 2^62 (float64, exact).
         n_pts, d = x.shape
         pts = torch.empty((n_pts + 1, d + 1), dtype=self.cdt, device=dev)
-        torch.index_select(x.to(self.cdt), 0, grid.perm, out=pts[:n_pts, :d])
+        pts[:n_pts, :d] = x.to(self.cdt).index_select(0, grid.perm)  # (no strided out=)
         pts[n_pts, :d] = math.inf
         if self.cdt == torch.float32:
             pts.view(torch.int32)[:n_pts, d] = grid.perm.to(torch.int32)
