@@ -38,7 +38,7 @@ from torch import Tensor
 from .._validate import check_bool, check_choice, check_positive_int
 from ._topk import topk_tie_low
 from .base import RegularGraph, trusted
-from .ivf import default_clusters, ivf_knn
+from .ivf import check_ivf_options, default_clusters, ivf_knn
 from .spec import Graph, GraphContext, GraphSpec, GraphState
 
 __all__ = ["KNN"]
@@ -118,22 +118,7 @@ class KNN(GraphSpec):
         if self.block_size is not None:
             check_positive_int("block_size", self.block_size)
         check_choice("search", self.search, SEARCHES)
-        for name in ("n_clusters", "n_probe"):
-            value = getattr(self, name)
-            if value is None:
-                continue
-            check_positive_int(name, value)
-            if self.search != "ivf":
-                raise ValueError(
-                    f"{name}: only used by search='ivf' (the clustered search), got "
-                    f"{name}={value} with search={self.search!r}"
-                )
-        if self.n_clusters is not None and self.n_probe is not None:
-            if self.n_probe > self.n_clusters:
-                raise ValueError(
-                    f"n_probe: expected an int in [1, n_clusters={self.n_clusters}], got "
-                    f"{self.n_probe}"
-                )
+        check_ivf_options(self.search, self.n_clusters, self.n_probe)
         check_positive_int("refresh_every", self.refresh_every)
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise TypeError(f"seed: expected an int, got {type(self.seed).__name__}")

@@ -48,7 +48,14 @@ from torch import Tensor
 from .._validate import check_choice, check_positive_int, describe
 from ._topk import topk_tie_low
 
-__all__ = ["IVFResult", "default_clusters", "default_probe", "ivf_knn", "search_points"]
+__all__ = [
+    "IVFResult",
+    "check_ivf_options",
+    "default_clusters",
+    "default_probe",
+    "ivf_knn",
+    "search_points",
+]
 
 #: The metrics of the clustered search (``"ip"`` is ``"logit"``: the plain inner product).
 IVF_METRICS: tuple[str, ...] = ("logit", "l2", "cosine", "ip")
@@ -97,6 +104,24 @@ def default_probe(n_clusters: int) -> int:
     keys."""
     check_positive_int("n_clusters", n_clusters)
     return max(1, n_clusters // (32 if n_clusters >= 256 else 16))
+
+
+def check_ivf_options(search: object, n_clusters: object, n_probe: object) -> None:
+    """Validate the clustered search's options where a caller picks a ``search``
+    (:class:`~nlgraph.graphs.KNN`, ``knn``/``knn_graph``): ``n_clusters`` and ``n_probe`` are
+    ``None`` or positive ints, given only with ``search="ivf"``, and n_probe <= n_clusters
+    when both are given."""
+    for name, value in (("n_clusters", n_clusters), ("n_probe", n_probe)):
+        if value is None:
+            continue
+        check_positive_int(name, value)
+        if search != "ivf":
+            raise ValueError(
+                f"{name}: only used by search='ivf' (the clustered search), got "
+                f"{name}={value} with search={search!r}"
+            )
+    if n_clusters is not None and n_probe is not None and n_probe > n_clusters:  # type: ignore[operator]
+        raise ValueError(f"n_probe: expected an int in [1, n_clusters={n_clusters}], got {n_probe}")
 
 
 def _nearest(points: Tensor, cents: Tensor, top: int, inner: bool) -> Tensor:

@@ -59,7 +59,7 @@ from torch import Tensor
 from .._validate import check_bool, check_choice, check_float_tensor, check_positive_int, describe
 from ._topk import topk_tie_low
 from .grid_knn import GRID_MAX_FEATURES, search_grid
-from .ivf import search_points
+from .ivf import check_ivf_options, search_points
 
 __all__ = ["SEARCHES", "knn", "knn_graph"]
 
@@ -68,7 +68,8 @@ METRICS: tuple[str, ...] = ("l2", "cosine", "ip")
 AUTO_BLOCK_ELEMENTS = 1 << 22
 BACKENDS: tuple[str, ...] = ("torch", "faiss")
 FLOWS: tuple[str, ...] = ("source_to_target", "target_to_source")
-#: Neighbour searches: the grid where it applies, the blocked all-pairs search, the grid.
+#: Neighbour searches: auto (the grid where it applies), the blocked all-pairs search, the grid,
+#: the clustered approximate search.
 SEARCHES: tuple[str, ...] = ("auto", "exact", "grid", "ivf")
 
 
@@ -366,21 +367,10 @@ def _searcher(
     n_probe: object = None,
 ) -> _Searcher:
     """The search function for the ``search`` argument (checked in :func:`_prepare`)."""
-    for name, value in (("n_clusters", n_clusters), ("n_probe", n_probe)):
-        if value is not None:
-            check_positive_int(name, value)
-            if search != "ivf":
-                raise ValueError(
-                    f"{name}: only used by search='ivf' (the clustered search), got "
-                    f"{name}={value} with search={search!r}"
-                )
+    check_ivf_options(search, n_clusters, n_probe)
     if search == "ivf":
         if backend != "torch":
             raise ValueError(f"search: 'ivf' needs backend 'torch', got backend {backend!r}")
-        if n_clusters is not None and n_probe is not None and n_probe > n_clusters:  # type: ignore[operator]
-            raise ValueError(
-                f"n_probe: expected an int in [1, n_clusters={n_clusters}], got {n_probe}"
-            )
         return _search_ivf(n_clusters, n_probe)  # type: ignore[arg-type]
     grid_ok = features <= GRID_MAX_FEATURES and metric == "l2" and backend == "torch"
     if search == "grid":
