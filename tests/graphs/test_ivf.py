@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from nlgraph import NonLocalBlock2d
-from nlgraph.graphs import KNN, COOGraph, RegularGraph, ivf_knn, knn_recall
+from nlgraph.graphs import KNN, COOGraph, RegularGraph, ivf, ivf_knn, knn_recall
+from nlgraph.graphs.ivf import default_probe
 from nlgraph.graphs.spec import GraphContext, GraphState
 
 from ..helpers import DEVICES
@@ -66,6 +67,31 @@ def test_all_lists_probed_is_exact(metric, dtype, device):
     assert torch.equal(spec.build(q, k).index, expected)
     # the same through the exact builder of the spec
     assert torch.equal(KNN(9, metric=metric).build(q, k).index, expected)
+
+
+@pytest.mark.parametrize("metric", ["logit", "l2"])
+@pytest.mark.parametrize("order", ["index", "score"])
+def test_list_scan_over_every_list_is_exact(metric, order):
+    """``ivf_knn`` runs n_probe = n_clusters as the exact search; the list scan itself (groups,
+    candidate lists, tiles, the shared top-k) must also be exact when every
+    group probes every list, ties and ``exclude`` included (integer features: many ties)."""
+    gen = torch.Generator().manual_seed(5)
+    b, n, m, c, lists = 2, 300, 500, 4, 7
+    q = torch.randint(-2, 3, (b, n, c), generator=gen).float()
+    kk = torch.randint(-2, 3, (b, m, c), generator=gen).float()
+    assign = torch.randint(0, lists, (b, m), generator=gen)  # unbalanced lists, any split
+    group = torch.randint(0, lists, (b, n), generator=gen)
+    probes = torch.stack([torch.randperm(lists, generator=gen) for _ in range(b * lists)])
+    probes = probes.view(b, lists, lists)
+    exclude = torch.randint(0, m, (b, n), generator=gen)
+    bias = -(kk * kk).sum(-1) if metric == "l2" else None
+    got = ivf._scan(q, kk, bias, assign, group, probes, 9, exclude, order)
+    scores = _scores(q, kk, metric)
+    scores.scatter_(2, exclude.unsqueeze(2), float("-inf"))
+    expected = torch.argsort(scores, dim=-1, descending=True, stable=True)[..., :9]
+    if order == "index":
+        expected = expected.sort(-1).values
+    assert torch.equal(got, expected)
 
 
 def test_half_precision_is_searched_in_float32():
@@ -134,7 +160,7 @@ def test_warm_start_uses_the_modules_centroids():
     x = _mixture(1, 2000, 8, 10, seed=4)
     spec = KNN(8, search="ivf", n_clusters=16, n_probe=2)
     state = GraphState()
-    ctx = GraphContext(2000, 2000, x.device, query=x, key=x, state=state)
+    ctx = GraphContext(2000, 2000, x.device, query=x, key=x, state=state, training=True)
     first = spec.build(ctx)
     kept = state[("centroids", spec)]
     assert kept.shape == (1, 16, 8)
@@ -150,6 +176,56 @@ def test_warm_start_uses_the_modules_centroids():
     )
     assert torch.equal(second.index, by_hand.index)
     assert isinstance(first, RegularGraph)
+
+
+def test_evaluation_starts_from_the_kept_centroids_and_leaves_them():
+    """An eval-mode call warm-starts from the training centroids but does not replace them
+    with centroids of its own (e.g. validation) batch."""
+    x = _mixture(1, 2000, 8, 10, seed=4)
+    other = _mixture(1, 2000, 8, 10, seed=5)
+    spec = KNN(8, search="ivf", n_clusters=16, n_probe=2)
+    state = GraphState()
+    spec.build(GraphContext(2000, 2000, x.device, query=x, key=x, state=state, training=True))
+    kept = state[("centroids", spec)]
+    ctx = GraphContext(2000, 2000, x.device, query=other, key=other, state=state)
+    got = spec.build(ctx)
+    assert state[("centroids", spec)] is kept
+    by_hand = ivf_knn(
+        other,
+        other,
+        8,
+        n_clusters=16,
+        n_probe=2,
+        generator=torch.Generator().manual_seed(0),
+        centroids=kept,
+    )
+    assert torch.equal(got.index, by_hand.index)
+
+
+@pytest.mark.parametrize(
+    ("lists", "k", "keys", "expected"),
+    [
+        (16, None, None, 1),  # the fraction alone: max(1, 16 // 16)
+        (64, 16, 4096, 4),  # 1/16 of 64; the floor 8·16·64/4096 = 2 is lower
+        (256, 16, 65536, 8),  # 1/32 from 256 lists; floor 0.5 -> 1
+        (512, 16, 262144, 16),
+        (16, 32, 256, 16),  # floor 8·32·16/256 = 32 > L: every list (the exact search)
+        (16, 8, 256, 4),  # floor 8·8·16/256 = 4
+        (32, 32, 1024, 8),  # floor 8·32·32/1024 = 8 > 32 // 16
+    ],
+)
+def test_default_probe_scans_about_8k_keys_at_least(lists, k, keys, expected):
+    assert default_probe(lists, k=k, num_keys=keys) == expected
+
+
+def test_default_search_at_small_sizes_is_the_exact_one():
+    """k = 32 of 256 keys: the default probes every list, so the result is the exact graph
+    (the old default probed 1 of 16 lists and found about half of the neighbours)."""
+    x = _mixture(2, 256, 8, 4, seed=9)
+    got = KNN(32, search="ivf").build(x, x)
+    exact = KNN(32, search="exact").build(x, x)
+    assert got.mask is None
+    assert torch.equal(got.index, exact.index)
 
 
 def test_refresh_every_keeps_the_graph_in_training_only():

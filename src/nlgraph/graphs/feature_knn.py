@@ -77,7 +77,8 @@ class KNN(GraphSpec):
         n_probe (int, optional): ``search="ivf"``: lists scanned per query, at most
             ``n_clusters``; ``n_probe = n_clusters`` is exact. ``None``:
             :func:`nlgraph.graphs.ivf.default_probe` (1/16 of the lists below 256, 1/32 from
-            256). (default: ``None``)
+            256, raised to scan about 8·k keys at least: every list, i.e. the exact search,
+            where N' is small against k). (default: ``None``)
         refresh_every (int): in training mode, rebuild the graph every ``refresh_every``-th
             call and hand the kept graph to the calls between (one graph per module, dropped
             when the input's shape, device or dtype changes; a kept graph was built on an
@@ -89,7 +90,9 @@ class KNN(GraphSpec):
             (default: ``0``)
         warm_start (bool): ``search="ivf"``: start k-means from the centroids of the module's
             previous call (2 Lloyd iterations instead of 8), as the Routing Transformer's
-            running centroids; the graph then depends on the module's history.
+            running centroids; the graph then depends on the module's history. Only training
+            calls update the kept centroids (evaluation starts from them, leaves them as
+            they are).
             (default: ``True``)
 
     Shapes:
@@ -155,19 +158,21 @@ class KNN(GraphSpec):
         state = ctx.state if isinstance(ctx, GraphContext) else None
         training = isinstance(ctx, GraphContext) and ctx.training
         if state is None or self.refresh_every == 1 or not training:
-            return self._build(query, key, state)
+            return self._build(query, key, state, training)
         sig = (tuple(query.shape), tuple(key.shape), query.device, query.dtype)
         kept = state.get(("graph", self))
         if kept is not None and kept[0] == sig and kept[1] < self.refresh_every:
             state[("graph", self)] = (sig, kept[1] + 1, kept[2])
             return kept[2]
-        graph = self._build(query, key, state)
+        graph = self._build(query, key, state, training)
         state[("graph", self)] = (sig, 1, graph)
         return graph
 
-    def _build(self, query: Tensor, key: Tensor, state: GraphState | None = None) -> RegularGraph:
+    def _build(
+        self, query: Tensor, key: Tensor, state: GraphState | None = None, training: bool = True
+    ) -> RegularGraph:
         if self.search == "ivf":
-            return self._build_ivf(query, key, state)
+            return self._build_ivf(query, key, state, training)
         b, n, m = query.shape[0], query.shape[1], key.shape[1]
         q, kk = query.detach(), key.detach()
         if self.metric == "cosine":
@@ -191,8 +196,11 @@ class KNN(GraphSpec):
             index[:, start:stop] = topk_tie_low(scores, self.k)
         return trusted(RegularGraph(index, m))
 
-    def _build_ivf(self, query: Tensor, key: Tensor, state: GraphState | None) -> RegularGraph:
-        """The clustered search, warm-started from (and updating) the module's centroids."""
+    def _build_ivf(
+        self, query: Tensor, key: Tensor, state: GraphState | None, training: bool
+    ) -> RegularGraph:
+        """The clustered search, warm-started from the module's centroids (and updating them
+        in training)."""
         slot = ("centroids", self)
         m = key.shape[1]
         n_clusters = default_clusters(m) if self.n_clusters is None else min(self.n_clusters, m)
@@ -212,7 +220,7 @@ class KNN(GraphSpec):
             generator=generator,
             centroids=start,
         )
-        if state is not None and self.warm_start:
+        if state is not None and self.warm_start and training:
             state[slot] = result.centroids
         return trusted(RegularGraph(result.index, key.shape[1], result.mask))
 

@@ -6,28 +6,34 @@ The exact builders score all N·N' query-key pairs. The clustered search scores 
    sample of at most ``64 · L`` keys, initialised from L distinct random keys drawn with a
    ``torch.Generator``, or warm-started from the previous call's centroids), then every key
    joins its nearest centroid: the inverted lists.
-2. **Probes.** Each query picks its ``n_probe`` best centroids: the largest
-   :math:`q \cdot c` for ``metric="logit"`` (maximum inner product, the logits that dominate
-   the softmax), the nearest for ``"l2"``, the most similar for ``"cosine"``.
-3. **Scan.** Each query scores the keys of its probed lists exactly and keeps the k best,
-   ties towards the lower key index.
+2. **Probes.** The queries are grouped by their best list (the largest :math:`q \cdot c` for
+   ``metric="logit"``: maximum inner product, the logits that dominate the softmax; the
+   nearest centroid for ``"l2"``; the most similar for ``"cosine"``). Each group probes the
+   ``n_probe`` lists that are best for its mean query.
+3. **Scan.** Each query scores the keys of its group's probed lists exactly and keeps the k
+   best, ties towards the lower key index.
 
-The work is a few large tensor operations, not a loop over clusters: the (query, probed list)
-pairs are grouped by list and cut into tiles of up to ``TILE`` pairs; tiles of lists of
-similar length (padded to a common length, at most 1.5x) are scored together by one batched
-matmul, each pair keeps its k best, and each query merges the k·n_probe candidates of its
-probes. Memory is O(N·n_probe·k) for the candidates plus the tile blocks (about
-:data:`BLOCK_ELEMENTS` scores at a time).
+The work is a few large tensor operations, not a loop over clusters: a group's candidates (its
+probed lists, concatenated and sorted by key index) are scored against tiles of up to ``TILE``
+of its queries; tiles of groups with similar candidate counts (padded to a common length, at
+most 1.5x) are scored together by one batched matmul and reduced by the shared tie-aware top-k
+(about :data:`BLOCK_ELEMENTS` scores at a time). Memory is O(N·k) for the result plus the
+candidate lists (O(L · n_probe · N'/L)) and the tile blocks. Probing per group rather than per
+query keeps the tiles dense (one candidate set for many queries); it finds fewer of the true
+neighbours than per-query probes of the same size (``benchmarks/results/recall.md``).
 
 **Cost.** k-means: O(iters · 64 L · L · C) (sample) + O(N'·L·C) (assignment); probing
 O(N·L·C); scanning about O(N · n_probe · N'/L · C) when the lists are balanced. With the
 defaults (:func:`default_clusters`, :func:`default_probe`) a query scans about 1/32 of the keys
 from N' = 16384 on.
 
-**Exactness.** With ``n_probe = n_clusters`` every key is scanned and the result equals the
-exact builder's (same sets, same ties). With fewer probes, a true neighbour in an unprobed list
-is missed; :func:`nlgraph.graphs.knn_recall` measures how often. A query whose probed lists hold
-fewer than k keys gets fewer neighbours: its remaining slots are padding (``mask`` False).
+**Exactness.** With ``n_probe = n_clusters`` every key is a candidate: the scan then runs as the
+exact search (all scores, blocked over the queries) and the result equals the exact builder's
+(same sets, same ties). With fewer probes, a true neighbour in an unprobed list is missed;
+:func:`nlgraph.graphs.knn_recall` measures how often. A query whose probed lists hold fewer than
+k keys gets fewer neighbours: its remaining slots are padding (``mask`` False). The default
+``n_probe`` (:func:`default_probe`) scans at least about 8·k keys, so that at small N' (e.g.
+k = 32 of 256 keys) it is the exact search rather than a search that finds half the neighbours.
 
 **Host reads.** Unlike the exact builder, the clustered search reads the list and tile sizes
 on the host once per call (the block shapes depend on the clusters), and checks that the
@@ -69,6 +75,9 @@ BLOCK_ELEMENTS = 1 << 19
 SAMPLE_PER_CLUSTER = 64
 #: Lloyd iterations from a random start, and from warm-started centroids.
 COLD_ITERS, WARM_ITERS = 8, 2
+#: The default ``n_probe`` scans about this many keys per neighbour at least
+#: (:func:`default_probe`).
+MIN_SCAN_PER_NEIGHBOUR = 8
 
 
 @dataclass(frozen=True)
@@ -98,12 +107,34 @@ def default_clusters(num_keys: int) -> int:
     return min(num_keys, 1 << math.ceil(math.log2(math.sqrt(num_keys))))
 
 
-def default_probe(n_clusters: int) -> int:
-    """The default ``n_probe`` for L lists: max(1, L // 32) when L >= 256, else max(1, L // 16),
-    (e.g. 4 of 64, 8 of 128, 8 of 256, 16 of 512): a query scans about 1/16 to 1/32 of the
-    keys."""
+def default_probe(n_clusters: int, *, k: int | None = None, num_keys: int | None = None) -> int:
+    r"""The default ``n_probe`` for L lists: a fraction of the lists, raised so that a query
+    scans enough keys for k neighbours.
+
+    .. math::
+        n_\text{probe} = \min\Bigl(L,\; \max\bigl(\lfloor L / d \rfloor,\; 1,\;
+        \lceil s \cdot k \cdot L / N' \rceil\bigr)\Bigr)
+
+    with d = 16 below 256 lists and 32 from 256 (e.g. 4 of 64, 8 of 128, 8 of 256, 16 of
+    512: a query scans about 1/16 to 1/32 of the keys) and s = :data:`MIN_SCAN_PER_NEIGHBOUR`:
+    the probed lists hold about s·k keys at least (lists of N'/L keys on average), since a
+    query that scans only a few times k keys finds few of its true neighbours. The floor
+    applies when both ``k`` and ``num_keys`` are given; where it reaches L (small N', large k:
+    e.g. k = 32 of N' = 256 keys in 16 lists) the search scans every list, which is the exact
+    search (:func:`ivf_knn`). At N' = 65536, k = 16 the floor is 1 probe and the fraction rules.
+
+    Args:
+        n_clusters (int): the lists L, >= 1.
+        k (int, optional): neighbours per query. (default: ``None``: no floor)
+        num_keys (int, optional): keys N' per sample. (default: ``None``: no floor)
+    """
     check_positive_int("n_clusters", n_clusters)
-    return max(1, n_clusters // (32 if n_clusters >= 256 else 16))
+    probe = max(1, n_clusters // (32 if n_clusters >= 256 else 16))
+    if k is not None and num_keys is not None:
+        check_positive_int("k", k)
+        check_positive_int("num_keys", num_keys)
+        probe = max(probe, -(-MIN_SCAN_PER_NEIGHBOUR * k * n_clusters // num_keys))
+    return min(probe, n_clusters)
 
 
 def check_ivf_options(search: object, n_clusters: object, n_probe: object) -> None:
@@ -220,7 +251,10 @@ def ivf_knn(
     .. math::
         \mathcal{N}(i) = \operatorname{arg\,top\text{-}k}_{j \in \bigcup_{l \in P(i)} V_l}
         s(q_i, k_j), \qquad P(i) = \text{the } n_\text{probe} \text{ best lists } V_l
-        \text{ for } q_i
+        \text{ for } \bar q_{g(i)}
+
+    where :math:`g(i)` is the query's best list and :math:`\bar q_g` the mean of the queries
+    whose best list is g
 
     with :math:`s` the inner product (``"logit"``/``"ip"``), the negated Euclidean distance
     (``"l2"``) or the cosine similarity (``"cosine"``); see the module docstring for the
@@ -233,8 +267,9 @@ def ivf_knn(
         metric (str): ``"logit"`` (= ``"ip"``), ``"l2"`` or ``"cosine"``. (default: ``"logit"``)
         n_clusters (int, optional): lists L per sample, 1 <= L (capped at N').
             ``None``: :func:`default_clusters` of N'. (default: ``None``)
-        n_probe (int, optional): lists scanned per query, 1 <= n_probe <= L. ``None``:
-            :func:`default_probe` of L. (default: ``None``)
+        n_probe (int, optional): lists scanned per query, 1 <= n_probe <= L (``L``: every key,
+            the exact search). ``None``: :func:`default_probe` of L, k and N'.
+            (default: ``None``)
         iters (int, optional): Lloyd iterations; ``None``: 8 from a random start, 2 from
             ``centroids``. ``0`` keeps the start as is. (default: ``None``)
         generator (torch.Generator, optional): draws the initial centroids and the k-means
@@ -267,7 +302,7 @@ def ivf_knn(
         n_clusters = default_clusters(max(m, 1))
     n_clusters = min(check_positive_int("n_clusters", n_clusters), max(m, 1))
     if n_probe is None:
-        n_probe = default_probe(n_clusters)
+        n_probe = default_probe(n_clusters, k=k, num_keys=max(m, 1))
     n_probe = check_positive_int("n_probe", n_probe)
     if n_probe > n_clusters:
         raise ValueError(
@@ -307,14 +342,18 @@ def ivf_knn(
             else:
                 sample = _init_centroids(kk, n_clusters, generator)[1]
             cents = _lloyd(sample, cents, WARM_ITERS if iters is None else iters)
-        assign = _nearest(kk, cents, 1, inner=False)[..., 0]  # (B, N')
         inner = metric in ("logit", "ip")
-        group = _nearest(q, cents, 1, inner=inner)[..., 0]  # (B, N): each query's best list
-        probes = _group_probes(q, group, cents, n_probe, inner)  # (B, L, P)
+        if n_probe < n_clusters:
+            assign = _nearest(kk, cents, 1, inner=False)[..., 0]  # (B, N')
+            group = _nearest(q, cents, 1, inner=inner)[..., 0]  # (B, N): each query's best list
+            probes = _group_probes(q, group, cents, n_probe, inner)  # (B, L, P)
 
         # 2. Scan: each query scores the keys of its group's probed lists, keeps the k best.
         bias = -(kk * kk).sum(-1) if metric == "l2" else None
-        index = _scan(q, kk, bias, assign, group, probes, kk_out, exclude, order)
+        if n_probe == n_clusters:  # every list: the exact search, without the list bookkeeping
+            index = _scan_all(q, kk, bias, kk_out, exclude, order)
+        else:
+            index = _scan(q, kk, bias, assign, group, probes, kk_out, exclude, order)
         valid = index < m
         mask = None if bool(valid.all()) else valid
         if mask is not None:
@@ -367,6 +406,31 @@ def _group_probes(q: Tensor, group: Tensor, cents: Tensor, n_probe: int, inner: 
     mean = (sums / counts.clamp_min(1).unsqueeze(1).to(sums.dtype)).view(b, ncent, c)
     mean = torch.where((counts > 0).view(b, ncent, 1), mean, cents)
     return _nearest(mean, cents, n_probe, inner=inner)
+
+
+def _scan_all(
+    q: Tensor, kk: Tensor, bias: Tensor | None, k: int, exclude: Tensor | None, order: str
+) -> Tensor:
+    """(B, N, k) key indices: each query's k best among all keys (ties towards the lower
+    index), blocked over the queries; index N' where fewer than k keys are left (``exclude``
+    with k = N')."""
+    b, n, _ = q.shape
+    m = kk.shape[1]
+    key_t = kk.transpose(1, 2)
+    out = torch.empty(b, n, k, dtype=torch.long, device=q.device)
+    rows = max(1, BLOCK_ELEMENTS // max(1, b * m))
+    for s in range(0, n, rows):
+        e = min(s + rows, n)
+        if bias is None:
+            scores = torch.bmm(q[:, s:e], key_t)
+        else:  # l2: 2 q.k - |k|^2
+            scores = torch.baddbmm(bias.unsqueeze(1), q[:, s:e], key_t, alpha=2.0)
+        if exclude is not None:
+            own = exclude[:, s:e].unsqueeze(2) == torch.arange(m, device=q.device)
+            scores.masked_fill_(own, float("-inf"))
+        best = topk_tie_low(scores, k, order=order)
+        out[:, s:e] = best.masked_fill(scores.gather(2, best) == float("-inf"), m)
+    return torch.sort(out, dim=-1).values if order == "index" else out
 
 
 def _scan(
