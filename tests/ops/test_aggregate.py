@@ -13,6 +13,7 @@ from nlgraph.ops import (
     CSRKernel,
     DenseKernel,
     RegularKernel,
+    TritonKernel,
     select_kernel,
 )
 from tests.helpers import MODES, SOFTMAX_MODES, reference_aggregate, with_device
@@ -169,6 +170,7 @@ def test_kernel_registry() -> None:
         "regular": RegularKernel,
         "coo": COOKernel,
         "csr": CSRKernel,
+        "triton": TritonKernel,
     }
 
 
@@ -189,7 +191,8 @@ def test_backend_dense_equals_auto(mode) -> None:
 def test_unknown_backend(backend) -> None:
     q, k, v, pw, _ = make_case("dot_product", (1, 4, 3, 2, 2))
     with pytest.raises(
-        ValueError, match=r"^backend: expected one of 'auto', 'dense', 'regular', 'coo', 'csr', got"
+        ValueError,
+        match=r"^backend: expected one of 'auto', 'dense', 'regular', 'coo', 'csr', 'triton', got",
     ):
         nonlocal_aggregate(q, k, v, pw, backend=backend)
 

@@ -37,6 +37,7 @@ from torch import Tensor
 
 from .._validate import check_bool, check_choice, check_positive_int
 from ._topk import topk_tie_low
+from ._triton_knn import triton_knn, use_triton_knn
 from .base import RegularGraph, trusted
 from .ivf import check_ivf_options, default_clusters, ivf_knn
 from .spec import Graph, GraphContext, GraphSpec, GraphState
@@ -175,6 +176,10 @@ class KNN(GraphSpec):
             return self._build_ivf(query, key, state, training)
         b, n, m = query.shape[0], query.shape[1], key.shape[1]
         q, kk = query.detach(), key.detach()
+        if use_triton_knn(q, kk, self.k):
+            # Inside force_triton_knn(): the fused Triton scan keeps a running top-k per query
+            # in registers, never storing a score block; the same graph.
+            return trusted(RegularGraph(triton_knn(q, kk, self.k, metric=self.metric), m))
         if self.metric == "cosine":
             q = torch.nn.functional.normalize(q, dim=-1)
             kk = torch.nn.functional.normalize(kk, dim=-1)

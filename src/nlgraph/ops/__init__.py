@@ -8,6 +8,7 @@ from .kernels.coo import COOKernel
 from .kernels.csr import CSRKernel
 from .kernels.dense import DenseKernel
 from .kernels.regular import RegularKernel
+from .kernels.triton_sparse import TritonKernel
 
 __all__ = [
     "KERNELS",
@@ -17,6 +18,7 @@ __all__ = [
     "DenseKernel",
     "Kernel",
     "RegularKernel",
+    "TritonKernel",
     "nonlocal_aggregate",
     "select_kernel",
 ]

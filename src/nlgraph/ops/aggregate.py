@@ -99,11 +99,13 @@ def nonlocal_aggregate(
             :class:`~nlgraph.graphs.COOGraph` (any ``edge_index``, shared by the batch). Index
             ranges are checked here (this reads the index values). (default: ``"full"``)
         backend (str): ``"auto"`` or a kernel NAME (``"dense"``, ``"regular"``, ``"coo"``,
-            ``"csr"``). ``"auto"`` takes the dense kernel for the full graph and the ``"csr"``
-            sparse-matrix kernel for a RegularGraph or COOGraph in float32/float64 (the fastest
-            sparse kernel at every size measured, ``benchmarks/results/kernels.md``); in half
-            precision or under ``torch.compile`` a RegularGraph goes to ``"regular"`` and a
-            COOGraph to ``"coo"``. (default: ``"auto"``)
+            ``"csr"``, ``"triton"``). ``"auto"`` takes the dense kernel for the full graph and
+            the ``"csr"`` sparse-matrix kernel for a RegularGraph or COOGraph in float32/float64
+            (the fastest sparse kernel at every size measured on CPU,
+            ``benchmarks/results/kernels.md``); in half precision or under ``torch.compile`` a
+            RegularGraph goes to ``"regular"`` and a COOGraph to ``"coo"``. ``"triton"`` (the
+            fused GPU kernel, optional extra ``triton``) runs only when named, so far.
+            (default: ``"auto"``)
             Every input is validated here (shapes, dtypes, devices, the graph's index range:
             once per graph object and without a host read, see
             :func:`nlgraph._validate.check_index_range`); the modules, which build consistent

@@ -8,7 +8,10 @@ ELL gather of ``regular`` from N=4096 on, and never slower from N=256, see
 ``benchmarks/results/kernels.md``) in float32/float64 outside ``torch.compile``, else on
 ``regular`` (RegularGraph) or ``coo`` (COOGraph). Any kernel can be named explicitly when it
 supports the graph (e.g. the full graph through ``regular``, ``coo`` or ``csr``, which is how
-the kernels are checked against each other).
+the kernels are checked against each other). The fused ``triton`` kernel runs when named
+(``backend="triton"``: CUDA tensors, or CPU tensors in Triton's interpreter); ``auto`` does not
+pick it yet: it has run in the interpreter only, and ``auto`` takes it on CUDA once the GPU
+benchmark (``benchmarks/gpu.py``) shows where it wins.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from .kernels.coo import COOKernel
 from .kernels.csr import CSRKernel
 from .kernels.dense import DenseKernel
 from .kernels.regular import RegularKernel
+from .kernels.triton_sparse import TritonKernel
 
 __all__ = ["KERNELS", "priority_list", "select_kernel"]
 
@@ -28,6 +32,7 @@ KERNELS: dict[str, type[Kernel]] = {
     RegularKernel.NAME: RegularKernel,
     COOKernel.NAME: COOKernel,
     CSRKernel.NAME: CSRKernel,
+    TritonKernel.NAME: TritonKernel,
 }
 
 
@@ -36,7 +41,8 @@ def priority_list(inp: AggregateInputs) -> list[type[Kernel]]:
 
     The full graph always goes to ``dense`` (its fast paths beat gathering N' keys per query);
     sparse graphs to ``csr`` first, then ``regular`` (RegularGraph) or ``coo`` (COOGraph), which
-    take the inputs ``csr`` declines (half precision, ``torch.compile`` tracing).
+    take the inputs ``csr`` declines (half precision, ``torch.compile`` tracing). The fused
+    ``triton`` kernel is not in the list yet (module docstring).
     """
     kind = inp.graph_kind
     if kind == "full":

@@ -5,5 +5,6 @@ from .coo import COOKernel
 from .csr import CSRKernel
 from .dense import DenseKernel
 from .regular import RegularKernel
+from .triton_sparse import TritonKernel
 
-__all__ = ["COOKernel", "CSRKernel", "DenseKernel", "Kernel", "RegularKernel"]
+__all__ = ["COOKernel", "CSRKernel", "DenseKernel", "Kernel", "RegularKernel", "TritonKernel"]
