@@ -56,8 +56,10 @@ def case_id(config: dict[str, Any]) -> str:
 def reference_kwargs(config: dict[str, Any]) -> dict[str, Any]:
     """from_reference arguments reproducing a golden case's module configuration."""
     kwargs: dict[str, Any] = {"mode": config["mode"]}
-    if config["layout"] in ("mmcv", "timm") and not config["use_scale"]:
-        kwargs["scale"] = None
+    if config["layout"] in ("mmcv", "timm") and config["mode"] == "embedded_gaussian":
+        # use_scale is not in the state_dict: say it (a warning otherwise)
+        scaled = "inner" if config["layout"] == "mmcv" else "input"
+        kwargs["scale"] = scaled if config["use_scale"] else None
     if config["layout"] == "slowfast":
         if config["pool_size"] is None:
             kwargs["sub_sample"] = False

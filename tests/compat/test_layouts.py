@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -221,7 +222,7 @@ def test_wrong_mode_and_contradicting_sub_sample() -> None:
     with pytest.raises(
         ValueError, match=r"^state_dict: expected .*the keys match mode 'gaussian'"
     ) as info:
-        from_reference(gauss, "alexhex7")
+        from_reference(gauss, "alexhex7", mode="embedded_gaussian")
     assert "missing: [theta.weight, theta.bias, phi.0.weight, phi.0.bias]" in str(info.value)
     assert from_reference(gauss, "alexhex7", mode="gaussian").theta is None
     with pytest.raises(ValueError, match=r"^sub_sample: expected True \(the keys 'g.0.\*'"):
@@ -352,3 +353,46 @@ def test_class_method_delegation() -> None:
         NonLocalBlock1d.from_reference(state, "mmcv", mode="concatenation")
     blobs = NonLocalBlock3d.from_preset("caffe2", 8).to_reference("caffe2", prefix=P)
     assert NonLocalBlock3d.from_reference(blobs, "caffe2").norm.eps == 1.0000001e-5
+
+
+# ------------------------------------------------------------------- what the keys do not say
+@pytest.mark.parametrize("layout", ["alexhex7", "mmcv"])
+def test_mode_is_read_from_the_keys_where_they_tell_it(layout: str) -> None:
+    """No θ/φ keys: the Gaussian; a concatenation projection: concatenation (no warning)."""
+    for mode in ("gaussian", "concatenation"):
+        state = ref(layout, NonLocalBlock2d.from_preset(layout, 8, mode=mode))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            block = from_reference(state, layout)
+        assert block.mode == mode
+
+
+@pytest.mark.parametrize("layout", ["alexhex7", "mmcv", "slowfast", "caffe2"])
+def test_embedded_gaussian_and_dot_product_keys_warn_without_mode(layout: str) -> None:
+    """Regression: dot-product weights loaded without ``mode=`` silently became an embedded
+    Gaussian block (outputs off by up to 5.6 on mmcv weights). The keys cannot tell the two
+    apart: a UserWarning names both and the choice; ``mode=`` silences it."""
+    dims = 3 if layout in ("slowfast", "caffe2") else 2
+    cls = NonLocalBlock3d if dims == 3 else NonLocalBlock2d
+    state = to_reference(cls.from_preset(layout, 8, mode="dot_product"), layout)
+    with pytest.warns(UserWarning, match=r"^mode: .*'embedded_gaussian', 'dot_product'.*loaded as"):
+        block = from_reference(state, layout, scale="inner" if layout == "mmcv" else None)
+    assert block.mode == "embedded_gaussian"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert from_reference(state, layout, mode="dot_product").mode == "dot_product"
+
+
+@pytest.mark.parametrize(("layout", "scale"), [("mmcv", "inner"), ("timm", "input")])
+def test_unrecorded_use_scale_warns(layout: str, scale: str) -> None:
+    """mmcv's and timm's ``use_scale`` is not in a state_dict: an embedded-Gaussian load
+    without ``scale=`` assumes the reference's default and says so; ``scale=`` silences it."""
+    state = mmcv_2d() if layout == "mmcv" else ref("timm", NonLocalBlock2d.from_preset("timm", 16))
+    with pytest.warns(UserWarning, match=rf"^scale: a {layout} state_dict does not record"):
+        block = from_reference(state, layout, mode="embedded_gaussian")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for given in (scale, None):
+            quiet = from_reference(state, layout, mode="embedded_gaussian", scale=given)
+            assert quiet.scale == given
+    assert block.scale == scale

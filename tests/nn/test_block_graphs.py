@@ -281,3 +281,17 @@ def test_prepared_graphs_are_a_cache_not_state():
             kept = clone.graph._built if isinstance(graph, Window) else clone.graph._graphs
             assert len(kept) == 0
             torch.testing.assert_close(clone(x), z, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("mode", ["embedded_gaussian", "gaussian", "dot_product", "concatenation"])
+@pytest.mark.parametrize("graph", ["full", "window"])
+def test_empty_batch_trains(mode, graph):
+    """Regression: a batch of 0 images in training mode raised ZeroDivisionError (the dense
+    kernel's query split divided by B). Now: an empty output and empty gradients."""
+    spec = "full" if graph == "full" else Window(3)
+    block = NonLocalBlock2d(8, 4, mode=mode, graph=spec).train()
+    x = torch.randn(0, 8, 6, 6, requires_grad=True)
+    y = block(x)
+    y.sum().backward()
+    assert y.shape == x.shape and x.grad is not None and x.grad.shape == x.shape
+    assert all(p.grad is None or torch.all(p.grad == 0) for p in block.parameters())

@@ -243,6 +243,13 @@ def test_input_errors():
         unit(torch.randn(10, 8), torch.zeros(10))
     with pytest.raises(ValueError, match=r"^num_graphs: expected a positive int"):
         unit(torch.randn(10, 8), torch.zeros(10, dtype=torch.long), num_graphs=0)
+    # Regression: out-of-range graph indices raised a raw RuntimeError from index_add.
+    negative = torch.tensor([0] * 5 + [-1] * 5)
+    with pytest.raises(ValueError, match=r"^batch: expected graph indices in \[0, 1\).*\[-1, 0\]"):
+        unit(torch.randn(10, 8), negative)
+    large = torch.tensor([0] * 5 + [3] * 5)
+    with pytest.raises(ValueError, match=r"^batch: expected graph indices in \[0, 2\).*\[0, 3\]"):
+        unit(torch.randn(10, 8), large, num_graphs=2)
 
 
 def test_large_map_is_linear_in_positions():

@@ -183,6 +183,9 @@ def test_errors() -> None:
         ObjectRelation(64, geometry="both")
     with pytest.raises(TypeError, match="graph: expected None"):
         ObjectRelation(64, graph="knn")
+    # Regression: graph=0 used to be reported as a bad "k".
+    with pytest.raises(ValueError, match="^graph: expected None .*a positive int k.*got 0"):
+        ObjectRelation(64, graph=0)
     rel = _module()
     x, boxes = torch.randn(3, 24, dtype=F64), _boxes(3)
     bad = boxes.clone()

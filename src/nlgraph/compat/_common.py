@@ -14,6 +14,7 @@ the other way round.
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from importlib import import_module
@@ -120,9 +121,10 @@ KeyMap = dict[str, str]
 
 @dataclass(frozen=True)
 class Structure:
-    """What a reference state_dict's key set encodes."""
+    """What a reference state_dict's key set encodes (``mode`` None: not given, to be inferred
+    from the keys by :func:`load_block`)."""
 
-    mode: str
+    mode: str | None
     sub_sample: bool
     norm: bool
     out_bias: bool
@@ -138,7 +140,7 @@ class Request:
 
     state_dict: Any
     dims: int | None
-    mode: str
+    mode: str | None
     sub_sample: bool | None
     prefix: str | None
     overrides: dict[str, Any]
@@ -283,6 +285,60 @@ def _mismatch(
     return ValueError("\n".join(lines))
 
 
+#: Layouts whose embedded-Gaussian temperature is a constructor flag that their state_dicts do
+#: not record: flag name, the preset's assumption, how to say otherwise.
+_SCALE_FLAGS: dict[str, tuple[str, str, str]] = {
+    "mmcv": ("use_scale", "use_scale=True (scale='inner', logits / sqrt(C'))", "scale='inner'"),
+    "timm": ("use_scale", "use_scale=True (scale='input', logits / sqrt(C))", "scale='input'"),
+}
+
+
+def _warn_scale(layout: str) -> None:
+    """Warn that ``layout``'s softmax temperature was assumed (a flag its keys do not record)."""
+    if layout not in _SCALE_FLAGS:
+        return  # a fixed temperature (AlexHex7: none; SlowFast, Caffe2: C'^-1/2)
+    flag, assumed, confirm = _SCALE_FLAGS[layout]
+    warnings.warn(
+        f"scale: a {layout} state_dict does not record {flag}; assumed {assumed}, the "
+        f"reference's default. Pass {confirm} to confirm, or scale=None for {flag}=False (the "
+        "two give different outputs from the same weights).",
+        UserWarning,
+        stacklevel=4,
+    )
+
+
+def _infer_mode(
+    layout: str, keys: list[str], key_map: Callable[[Structure], KeyMap], structure: Structure
+) -> str:
+    """The pairwise mode of a state_dict, from its keys where they tell it.
+
+    The keys give the concatenation (its projection) and the Gaussian (no θ/φ) modes away; the
+    embedded Gaussian and the dot product have the same keys: then the embedded Gaussian (every
+    layout's default) is assumed with a ``UserWarning``. Keys that fit no mode give the default,
+    so that loading reports the mismatch.
+    """
+    modes = PRESETS[layout][2]
+    fits = []
+    for mode in modes:
+        kmap = key_map(replace(structure, mode=mode))
+        if set(keys) <= set(kmap) and not _missing(kmap, keys):
+            fits.append(mode)
+    default = "embedded_gaussian" if "embedded_gaussian" in modes else modes[0]
+    if len(fits) == 1:
+        return fits[0]
+    if len(fits) > 1:
+        chosen = default if default in fits else fits[0]
+        warnings.warn(
+            f"mode: the keys of this {layout} state_dict fit the modes "
+            f"{', '.join(repr(m) for m in fits)} (the same weights, different outputs); loaded as "
+            f"{chosen!r}. Pass mode=... to choose.",
+            UserWarning,
+            stacklevel=4,
+        )
+        return chosen
+    return default
+
+
 def load_block(
     layout: str,
     tensors: dict[str, Tensor],
@@ -296,8 +352,13 @@ def load_block(
     and shapes must be exactly those of ``key_map(structure)`` (``num_batches_tracked`` may be
     absent), else a ``ValueError`` lists every missing, unexpected and wrongly shaped key.
     """
-    kmap = key_map(structure)
     keys = list(tensors)
+    if structure.mode is None:
+        structure = replace(structure, mode=_infer_mode(layout, keys, key_map, structure))
+    mode = cast(str, structure.mode)
+    if mode == "embedded_gaussian" and "scale" not in request.overrides:
+        _warn_scale(layout)
+    kmap = key_map(structure)
     g_key = next(k for k, ours in kmap.items() if ours == "g.weight")
     g_w = tensors.get(g_key)
     if g_w is None:
@@ -310,7 +371,7 @@ def load_block(
     rank_dims = g_w.dim() - 2
     dims = rank_dims if request.dims is None else request.dims
     check_choice("dims", dims, (1, 2, 3))
-    check_layout_support(layout, dims, structure.mode)
+    check_layout_support(layout, dims, mode)
     if dims != rank_dims:
         raise ValueError(
             f"dims: expected {rank_dims} (the state_dict holds rank-{g_w.dim()} conv weights), "
@@ -403,7 +464,7 @@ def from_reference(
     layout: str,
     *,
     dims: int | None = None,
-    mode: str = "embedded_gaussian",
+    mode: str | None = None,
     sub_sample: bool | None = None,
     prefix: str | None = None,
     **overrides: Any,
@@ -429,14 +490,21 @@ def from_reference(
     ``scale="input"`` (``scale=None`` for ``use_scale=False``); SlowFast and Caffe2 pool the
     input before φ and g (default ``pool_size=(1, 2, 2)``; ``sub_sample=False`` for no pooling)
     and scale the softmax logits by :math:`C'^{-1/2}`. Caffe2 blobs may be numpy arrays;
-    ``norm_eps`` defaults to Caffe2's 1.0000001e-5.
+    ``norm_eps`` defaults to Caffe2's 1.0000001e-5. What the keys do not record is assumed
+    with a ``UserWarning`` rather than silently: mmcv's and timm's ``use_scale`` (an
+    embedded-Gaussian load without ``scale=`` warns) and the choice between the embedded
+    Gaussian and the dot product (``mode=None`` with θ/φ keys warns).
 
     Args:
         state_dict (Mapping[str, Tensor]): the reference module's state_dict (``caffe2``: the
             blob dict, or the pickle's dict holding it under ``"blobs"``).
         layout (str): one of :data:`LAYOUTS`.
         dims (int, optional): 1, 2 or 3. (default: the conv weights' rank minus 2)
-        mode (str): the pairwise function. (default: ``"embedded_gaussian"``)
+        mode (str, optional): the pairwise function. ``None``: read from the keys where they
+            tell it (a concatenation projection: ``"concatenation"``; no θ/φ: ``"gaussian"``);
+            the embedded Gaussian and the dot product have the same keys, so ``None`` then loads
+            ``"embedded_gaussian"`` with a ``UserWarning`` (pass the mode to silence it).
+            (default: ``None``)
         sub_sample (bool, optional): must agree with the keys where they encode it.
             (default: from the keys; ``True`` for slowfast/caffe2)
         prefix (str, optional): ``caffe2``: the blob prefix, e.g. ``"nonlocal_conv3_1"``
@@ -456,11 +524,12 @@ def from_reference(
         TypeError: a value that is not a tensor (numpy arrays too, for caffe2).
     """
     check_choice("layout", layout, LAYOUTS)
+    modes = PRESETS[layout][2]
     if dims is not None:
         check_choice("dims", dims, (1, 2, 3))
-        check_layout_support(layout, dims, mode)
-    else:
-        check_choice(f"mode ({layout!r})", mode, PRESETS[layout][2])
+        check_layout_support(layout, dims, modes[0] if mode is None else mode)
+    elif mode is not None:
+        check_choice(f"mode ({layout!r})", mode, modes)
     module = import_module(f"{__package__}.{layout}")
     return module.load(Request(state_dict, dims, mode, sub_sample, prefix, overrides))
 

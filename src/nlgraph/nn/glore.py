@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from .._validate import (
     NORMS,
+    check_async,
     check_channels_dtype_device,
     check_choice,
     check_float_tensor,
@@ -250,6 +251,17 @@ class GlobalReasoning(nn.Module):
             num_graphs = int(batch.max()) + 1 if batch.numel() else 0
         else:
             check_positive_int("num_graphs", num_graphs)
+        if batch.numel():
+            low, high = torch.aminmax(batch)
+            size = num_graphs
+            check_async(
+                (low >= 0) & (high < size),
+                f"batch: expected graph indices in [0, {size})",
+                lambda: ValueError(
+                    f"batch: expected graph indices in [0, {size}) (num_graphs={size}), got "
+                    f"values in [{int(low)}, {int(high)}]"
+                ),
+            )
         phi, proj = self.phi(x), self.theta(x)  # (N, C'), (N, M)
         outer = proj.unsqueeze(2) * phi.unsqueeze(1)  # (N, M, C')
         v = outer.new_zeros(num_graphs, self.num_nodes, self.node_channels)

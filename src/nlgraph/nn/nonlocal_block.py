@@ -458,7 +458,7 @@ class NonLocalBlockNd(nn.Module):
         state_dict: Mapping[str, Any],
         layout: str,
         *,
-        mode: str = "embedded_gaussian",
+        mode: str | None = None,
         sub_sample: bool | None = None,
         **overrides: Any,
     ) -> Self:

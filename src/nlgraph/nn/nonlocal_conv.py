@@ -303,7 +303,7 @@ class NonLocalConv(MessagePassing):
         state_dict: Mapping[str, Any],
         layout: str,
         *,
-        mode: str = "embedded_gaussian",
+        mode: str | None = None,
         **overrides: Any,
     ) -> Self:
         """A layer holding the weights of a public non-local block's state_dict.
@@ -317,7 +317,8 @@ class NonLocalConv(MessagePassing):
             state_dict (Mapping[str, Tensor]): the reference module's state_dict.
             layout (str): ``"alexhex7"``, ``"mmcv"``, ``"timm"``, ``"slowfast"`` or
                 ``"caffe2"``.
-            mode (str): the pairwise function. (default: ``"embedded_gaussian"``)
+            mode (str, optional): the pairwise function; ``None``: from the keys where they
+                tell it (see :func:`nlgraph.compat.from_reference`). (default: ``None``)
             **overrides: arguments of :func:`nlgraph.compat.from_reference`, plus
                 ``residual`` (this layer only).
 

@@ -186,6 +186,11 @@ class ObjectRelation(nn.Module):
                 f"got {geo_channels}"
             )
         if isinstance(graph, int) and not isinstance(graph, bool):
+            if graph < 1:
+                raise ValueError(
+                    "graph: expected None (all pairs per image), a positive int k or a BoxKNN, "
+                    f"got {graph}"
+                )
             graph = BoxKNN(graph)
         if graph is not None and not isinstance(graph, BoxKNN):
             raise TypeError(

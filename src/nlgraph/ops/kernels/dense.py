@@ -50,7 +50,7 @@ def _query_splits(q: Tensor, k: Tensor, v: Tensor) -> int:
         return 1
     batch, n = q.shape[0], q.shape[1]
     threads = torch.get_num_threads()
-    if batch >= threads:
+    if batch == 0 or batch >= threads:  # an empty batch: nothing to split
         return 1
     return max(1, min(-(-threads // batch), n // 256))
 
