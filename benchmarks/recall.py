@@ -104,7 +104,7 @@ class Case:
         except ImportError:
             return "?"
         lists = default_clusters(self.n)
-        return f"{self.n_probe or default_probe(lists)}/{lists}"
+        return f"{self.n_probe or default_probe(lists, k=self.k, num_keys=self.n)}/{lists}"
 
     @property
     def speedup(self) -> float | None:

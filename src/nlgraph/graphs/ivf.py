@@ -90,7 +90,8 @@ class IVFResult:
             query got min(k, N') neighbours.
         centroids (Tensor): (B, L, C) the k-means centroids of the keys (in the search space:
             unit-normalised keys for ``"cosine"``; float32, or float64 for float64 inputs), to
-            warm-start the next call.
+            warm-start the next call. With ``n_probe = n_clusters`` (the exact search) no
+            clustering runs: the start is returned (the given ``centroids``, or L random keys).
     """
 
     index: Tensor
@@ -331,8 +332,14 @@ def ivf_knn(
             cents = kk.new_zeros(b, n_clusters, c)
             return IVFResult(empty, None if m else torch.zeros_like(empty, dtype=torch.bool), cents)
 
-        # 1. k-means centroids of the keys.
-        if centroids is None:
+        # 1. k-means centroids of the keys (none needed when every list is scanned: the
+        # centroids returned are then the start, for a later warm start).
+        if n_probe == n_clusters:
+            if centroids is None:
+                cents = _init_centroids(kk, n_clusters, generator)[0]
+            else:
+                cents = centroids.detach().to(device=kk.device, dtype=work)
+        elif centroids is None:
             cents, sample = _init_centroids(kk, n_clusters, generator)
             cents = _lloyd(sample, cents, COLD_ITERS if iters is None else iters)
         else:
