@@ -365,3 +365,18 @@ NW, BS = r"^num_workers: expected a positive int", r"^batch_size: expected"
 def test_errors_name_the_argument(call, error: type[Exception], match: str) -> None:
     with pytest.raises(error, match=match):
         call()
+
+
+@pytest.mark.parametrize("features", [2, 5])
+def test_non_finite_points_are_refused(features):
+    """Regression: a NaN point (F > 3, the matmul search) got neighbours of NaN distance and, as
+    a query, could be its own neighbour with loop=False. Every search now refuses non-finite
+    points, naming the row."""
+    x = torch.randn(6, features)
+    x[2, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"^x: expected finite coordinates .*row 2"):
+        knn_graph(x, 2, loop=False)
+    y = torch.randn(3, features)
+    y[1, -1] = float("inf")
+    with pytest.raises(ValueError, match=r"^y: expected finite coordinates .*row 1"):
+        knn(torch.randn(6, features), y, 2)

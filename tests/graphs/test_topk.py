@@ -66,3 +66,24 @@ def test_no_host_reads() -> None:
     scores = torch.randint(0, 3, (4, 9000)).float()
     assert count_host_reads(lambda: topk_tie_low(scores, 16)) == []
     assert count_host_reads(lambda: topk_tie_low(scores.double(), 16)) == []
+
+
+@pytest.mark.parametrize("m", [7, 300, 9000])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+def test_nan_ranks_last_level_with_minus_inf(m, dtype) -> None:
+    """Regression: NaN used to rank first (as in torch.topk), so one NaN feature made a key
+    every query's nearest neighbour. Now NaN ranks last, tied with -inf (lower index first),
+    whether the best is the largest or the smallest."""
+    gen = torch.Generator().manual_seed(m)
+    scores = torch.randn(3, m, generator=gen).to(dtype)
+    scores[:, ::5] = float("nan")
+    scores[1, 1::7] = float("-inf")
+    scores[2, :] = float("nan")  # a row of NaN only: the first k indices
+    for largest in (True, False):
+        worst = float("-inf") if largest else float("inf")
+        want = _reference(scores.nan_to_num(nan=worst, posinf=float("inf"), neginf=float("-inf")),
+                          4, largest, "score")  # fmt: skip
+        got = topk_tie_low(scores.clone(), 4, largest=largest, order="score")
+        assert torch.equal(got, want)
+        assert got[2].tolist() == [0, 1, 2, 3]
+    assert torch.equal(topk_tie_low(scores.clone(), m, order="score")[2], torch.arange(m))

@@ -295,3 +295,24 @@ def test_empty_batch_trains(mode, graph):
     y.sum().backward()
     assert y.shape == x.shape and x.grad is not None and x.grad.shape == x.shape
     assert all(p.grad is None or torch.all(p.grad == 0) for p in block.parameters())
+
+
+@pytest.mark.parametrize("search", ["exact", "ivf"])
+def test_one_nan_pixel_stays_local_with_a_knn_graph(search):
+    """Regression: one NaN pixel turned 100% of a KNN block's output into NaN (top-k ranked the
+    NaN key first for every query). Now NaN scores rank last: the exact search leaves the NaN
+    key out of every other row and only that pixel's own output is NaN. The clustered search
+    refuses non-finite embeddings with a ValueError instead."""
+    torch.manual_seed(0)
+    block = NonLocalBlock2d(8, 4, sub_sample=False, graph=KNN(4, search=search), zero_init=False)
+    block.eval()
+    x = torch.randn(2, 8, 6, 6)
+    x[0, :, 2, 3] = float("nan")
+    if search == "ivf":
+        with pytest.raises(ValueError, match="^query: expected finite values"):
+            block(x)
+        return
+    with torch.no_grad():
+        y = block(x)
+    bad = torch.isnan(y).any(1)
+    assert bad[0, 2, 3] and int(bad.sum()) == 1

@@ -42,8 +42,10 @@ def topk_tie_low(scores: Tensor, k: int, *, largest: bool = True, order: str = "
     """Indices of the k best entries of every row, ties towards the lower index (exact).
 
     Args:
-        scores (Tensor): (..., M) floating-point rows. NaN entries rank above every number
-            (as in ``torch.topk``).
+        scores (Tensor): (..., M) floating-point rows. NaN entries rank last, level with
+            -inf (unlike ``torch.topk``, which ranks them first): one non-finite feature must
+            not become every query's nearest neighbour. NaN entries of a float32 ``scores``
+            are overwritten with -inf in place (the builders pass their own score buffers).
         k (int): entries per row, k >= 1; ``k >= M`` returns every index.
         largest (bool): best = largest (``True``) or smallest (``False``). (default: ``True``)
         order (str): ``"index"``: each row's indices ascending; ``"score"``: best first, equal
@@ -58,15 +60,17 @@ def topk_tie_low(scores: Tensor, k: int, *, largest: bool = True, order: str = "
     """
     m = scores.shape[-1]
     lead = scores.shape[:-1]
-    if k >= m:
-        if order == "index":
-            return torch.arange(m, device=scores.device).expand(*lead, m)
-        return torch.sort(scores, dim=-1, descending=largest, stable=True).indices
+    if k >= m and order == "index":
+        return torch.arange(m, device=scores.device).expand(*lead, m)
     rows = scores.reshape(-1, m)
     if rows.dtype in (torch.float16, torch.bfloat16):
         rows = rows.float()
     if not largest:
         rows = -rows
+    # NaN ranks last: -inf (in place: one cheap pass, ~4% of the exact builder's time).
+    rows = torch.nan_to_num_(rows, nan=float("-inf"), posinf=float("inf"), neginf=float("-inf"))
+    if k >= m:
+        return torch.sort(rows, dim=1, descending=True, stable=True).indices.reshape(*lead, m)
     group = _group_width(m)
     n_groups = -(-m // group)
     if n_groups <= k + 1:

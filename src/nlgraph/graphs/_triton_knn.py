@@ -8,7 +8,7 @@ For every query i of every sample b, the k keys j of the best score
 
 (for "l2", :math:`-\lVert q_i - k_j \rVert^2 = s_{ij} - \lVert q_i \rVert^2`, and
 :math:`\lVert q_i \rVert^2` is the same for every key of a row), ties towards the **lower key
-index** and NaN above every number: exactly :func:`nlgraph.graphs._topk.topk_tie_low` of the
+index** and NaN ranked last, level with -inf: exactly :func:`nlgraph.graphs._topk.topk_tie_low` of the
 scores that :meth:`nlgraph.graphs.KNN._build` computes with ``bmm``, without ever writing the
 (B, N, N') score matrix.
 
@@ -19,7 +19,7 @@ of ``BLOCK_N``:
    accumulation, IEEE fp32 products: no TF32), minus :math:`\lVert k_j \rVert^2` for "l2",
    rounded to the input dtype for float16/bfloat16 inputs (as the torch path's half scores);
 2. each score and its column become one int64 *ranking key*: the score's float32 bits mapped to
-   an int32 of the same order (-0.0 as 0.0, every NaN as the largest) in the high half, and
+   an int32 of the same order (-0.0 as 0.0, every NaN as -inf) in the high half, and
    N' - 1 - j in the low half. Keys are distinct and order like (score, then lower column);
 3. every query keeps its k best keys so far in a (BLOCK_M, KP) register list (KP = k rounded
    up to a power of two; free slots hold distinct sentinels below every real key). While some
@@ -326,9 +326,9 @@ def _knn_kernel(
             bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & -65536
             score = tl.where(score != score, score, bits.to(tl.float32, bitcast=True))
         score = tl.where(score == 0.0, 0.0, score)  # -0.0 ranks as 0.0
+        score = tl.where(score != score, float("-inf"), score)  # NaN ranks last, as -inf
         bits = score.to(tl.int32, bitcast=True)
         rank = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # negative floats: reversed magnitude bits
-        rank = tl.where(score != score, 0x7FFFFFFF, rank)  # NaN above every number
         low = (n_key - 1 - cols).to(tl.int64)
         packed = (rank.to(tl.int64) << 32) | low[None, :]
         packed = tl.where(col_ok[None, :], packed, dead)

@@ -13,7 +13,11 @@ Two searches:
   peak memory is O(B · block · N') rather than O(B · N · N'); ties are broken towards the lower
   key index (the shared tie-aware top-k of ``nlgraph.graphs._topk``). No tensor value is read on
   the host: the build runs inside a ``torch.compile``'d or CUDA forward without synchronising.
-  Its cost is O(N · N' · C), the same order as dense attention.
+  Its cost is O(N · N' · C), the same order as dense attention. A NaN score (a NaN feature)
+  ranks last, level with -inf: a NaN key is nobody's neighbour while k finite keys exist, so
+  one NaN pixel makes only its own output NaN (dense attention spreads it to every query).
+  The fused Triton scan of :mod:`nlgraph.graphs._triton_knn` gives the same graphs
+  (``force_triton_knn()``; not yet the default on CUDA: measured on a GPU first).
 - ``search="ivf"``: the clustered approximate search of :mod:`nlgraph.graphs.ivf` (k-means lists
   of the keys, each query scans the lists probed for its group), about O(N · n_probe · N'/L · C)
   for L lists: 10-20x cheaper than the exact scan from N' = 65536 on, with recall@k measured by

@@ -84,15 +84,25 @@ def _resolve_metric(cosine: bool, metric: str | None) -> str:
 
 
 def _check_points(name: str, t: object) -> Tensor:
-    """A floating-point (num_points, features) tensor; 1-D is one feature per point."""
+    """A floating-point (num_points, features) tensor of finite values; 1-D is one feature per
+    point. A NaN or infinite point has no defined distances: ``ValueError`` naming its row
+    (one host read; the searches read sizes on the host anyway)."""
     t = check_float_tensor(name, t)
     if t.dim() == 1:
-        return t.view(-1, 1)
+        t = t.view(-1, 1)
     if t.dim() != 2:
         raise ValueError(
             f"{name}: expected a 1-D (num_points,) or 2-D (num_points, features) tensor, "
             f"got {describe(t)}"
         )
+    if t.numel():
+        finite = torch.isfinite(t).all(1)
+        if not bool(finite.all()):
+            bad = int(torch.nonzero(~finite)[0])
+            raise ValueError(
+                f"{name}: expected finite coordinates (a NaN or infinite point has no "
+                f"neighbours), got row {bad} {tuple(t[bad].tolist())}"
+            )
     return t
 
 
@@ -218,11 +228,17 @@ def _search_torch(
             )
             s.masked_fill_(g_rows[:, None] != g_cols[None, :], float("-inf"))
         r = torch.arange(rows, device=dev)
-        if self_index is not None:
-            s[r, self_index[qs:qe] - xs0] = float("-inf")
         count = (size_x[g_rows] - int(self_index is not None)).clamp_(max=k)  # neighbours per query
-        idx = topk_tie_low(s, k, order="score")  # the -inf entries come last, cut by count
-        keep = torch.arange(idx.shape[1], device=dev)[None, :] < count[:, None]
+        if self_index is None:
+            idx = topk_tie_low(s, k, order="score")  # the -inf entries come last, cut by count
+            keep = torch.arange(idx.shape[1], device=dev)[None, :] < count[:, None]
+        else:
+            # The query itself is dropped after the selection, not by a -inf score: a NaN
+            # point's scores are all NaN (ranked as -inf) and would tie with it.
+            own = self_index[qs:qe] - xs0
+            idx = topk_tie_low(s, min(k + 1, span), order="score")
+            keep = idx != own[:, None]
+            keep &= keep.cumsum(1) <= count[:, None]
         rows_out.append((r + qs)[:, None].expand_as(idx)[keep])
         cols_out.append((idx + xs0)[keep])
     if not rows_out:
@@ -462,10 +478,10 @@ def knn(
     small multiple of k on spread data, in O(N + M·k) memory.
 
     Args:
-        x (Tensor): points :math:`X \in \mathbb{R}^{N \times F}`, floating point; 1-D is
-            (N, 1).
-        y (Tensor): queries :math:`Y \in \mathbb{R}^{M \times F}`, same dtype and device;
-            1-D is (M, 1).
+        x (Tensor): points :math:`X \in \mathbb{R}^{N \times F}`, floating point, finite (a
+            NaN or infinite point raises ``ValueError`` naming its row); 1-D is (N, 1).
+        y (Tensor): queries :math:`Y \in \mathbb{R}^{M \times F}`, same dtype and device,
+            finite; 1-D is (M, 1).
         k (int): neighbours per query; a query whose graph has fewer points gets them all.
         batch_x (Tensor, optional): sorted graph id of each point of x, any integer dtype
             (used as int64). ``None``: one graph (graph 0). (default: ``None``)
@@ -571,8 +587,8 @@ def knn_graph(
     F <= 3 and l2) O(N log N + N·c) work, c a small multiple of k, in O(N·k) memory.
 
     Args:
-        x (Tensor): points :math:`X \in \mathbb{R}^{N \times F}`, floating point; 1-D is
-            (N, 1).
+        x (Tensor): points :math:`X \in \mathbb{R}^{N \times F}`, floating point, finite (a
+            NaN or infinite point raises ``ValueError`` naming its row); 1-D is (N, 1).
         k (int): neighbours per point.
         batch (Tensor, optional): sorted graph id of each point, any integer dtype (used as
             int64). (default: ``None``)
