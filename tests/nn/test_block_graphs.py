@@ -284,11 +284,12 @@ def test_prepared_graphs_are_a_cache_not_state():
 
 
 @pytest.mark.parametrize("mode", ["embedded_gaussian", "gaussian", "dot_product", "concatenation"])
-@pytest.mark.parametrize("graph", ["full", "window"])
+@pytest.mark.parametrize("graph", ["full", "window", "knn", "ivf"])
 def test_empty_batch_trains(mode, graph):
     """Regression: a batch of 0 images in training mode raised ZeroDivisionError (the dense
-    kernel's query split divided by B). Now: an empty output and empty gradients."""
-    spec = "full" if graph == "full" else Window(3)
+    kernel's query split and the k-NN builder's block size divided by B). Now: an empty output
+    and empty gradients."""
+    spec = {"full": "full", "window": Window(3), "knn": KNN(4), "ivf": KNN(4, search="ivf")}[graph]
     block = NonLocalBlock2d(8, 4, mode=mode, graph=spec).train()
     x = torch.randn(0, 8, 6, 6, requires_grad=True)
     y = block(x)

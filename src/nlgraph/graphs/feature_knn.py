@@ -193,7 +193,7 @@ class KNN(GraphSpec):
         key_t = kk.transpose(1, 2)
         sq = (kk * kk).sum(-1).unsqueeze(1) if self.metric == "l2" else None
         index = torch.empty(b, n, self.k, dtype=torch.long, device=query.device)
-        block = self.block_size or min(1024, max(16, AUTO_BLOCK_ELEMENTS // (b * m)))
+        block = self.block_size or min(1024, max(16, AUTO_BLOCK_ELEMENTS // max(1, b * m)))
         buffer = torch.empty(b, min(block, n), m, dtype=q.dtype, device=q.device)
         for start in range(0, n, block):
             stop = min(start + block, n)
