@@ -197,7 +197,9 @@ class KNN(GraphSpec):
         buffer = torch.empty(b, min(block, n), m, dtype=q.dtype, device=q.device)
         for start in range(0, n, block):
             stop = min(start + block, n)
-            scores = buffer[:, : stop - start]
+            # The buffer's first B·rows·N' elements, contiguous (a short last block included):
+            # ``out=`` into a strided slice would copy in eager and break a torch.compile graph.
+            scores = buffer.view(-1)[: b * (stop - start) * m].view(b, stop - start, m)
             if sq is None:
                 torch.bmm(q[:, start:stop], key_t, out=scores)
             else:  # -(|k|^2 - 2 q.k): larger is nearer (|q|^2 is constant per row)

@@ -190,20 +190,31 @@ class EdgeIndex(GraphSpec):
                 the key space (and the ``sub_sample`` pooling behind it).
         """
         ei = self.edge_index
+        if torch.compiler.is_compiling():
+            # Traced: the cache key's version counter is data-dependent for torch.compile, and
+            # the CSR pattern it keeps is not used there (sparse tensors do not compile), so the
+            # graph is made in the traced code, its range check an in-graph assertion.
+            return self._make(ei, ctx)
         key = (ctx.num_queries, ctx.num_keys, ctx.device, ei._version)
         graph = self._graphs.get(key)
         if graph is None:
-            ei = ei.to(ctx.device)
-            hint = ""
-            if ctx.pool_size is not None and math.prod(ctx.pool_size) > 1:
-                hint = (
-                    f"; the keys are {ctx.key_space()} (an edge_index over the "
-                    f"{ctx.num_queries} input positions needs sub_sample=False)"
-                )
-            graph = COOGraph(ei, ctx.num_queries, ctx.num_keys, self.query_sorted)
-            graph.check_range(hint)
+            graph = self._make(ei, ctx)
             self._graphs.clear()  # one input size at a time: no unbounded growth
             self._graphs[key] = graph
+        return graph
+
+    def _make(self, edge_index: Tensor, ctx: GraphContext) -> COOGraph:
+        """The range-checked COOGraph of ``edge_index`` on ``ctx``'s device."""
+        hint = ""
+        if ctx.pool_size is not None and math.prod(ctx.pool_size) > 1:
+            hint = (
+                f"; the keys are {ctx.key_space()} (an edge_index over the "
+                f"{ctx.num_queries} input positions needs sub_sample=False)"
+            )
+        graph = COOGraph(
+            edge_index.to(ctx.device), ctx.num_queries, ctx.num_keys, self.query_sorted
+        )
+        graph.check_range(hint)
         return graph
 
     def __repr__(self) -> str:

@@ -214,6 +214,11 @@ class _LatticeSpec(GraphSpec):
         dev = torch.device(device) if device is not None else torch.device("cpu")
         if dev.type == "cuda" and dev.index is None:
             dev = torch.device("cuda", torch.cuda.current_device())
+        if torch.compiler.is_compiling():
+            # Traced: the index arithmetic goes into the compiled graph (a few integer ops per
+            # edge); filling the cache there would make the next call fail its guards and
+            # compile again.
+            return trusted(self._make(*grid, dev))
         cache_key = (*grid, dev)
         graph = self._built.get(cache_key)
         if graph is None:

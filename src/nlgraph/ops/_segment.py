@@ -22,6 +22,11 @@ come in one of three layouts:
 dropped by a :math:`-\infty` logit, gets all-zero weights, hence :math:`y_i = 0` and zero
 gradients (never NaN). Padding slots get weight 0 whatever their logit holds (NaN included).
 
+**Precision.** Half-precision inputs (float16, bfloat16, e.g. logits produced under
+:func:`torch.autocast`) are normalised in float32 (:func:`accumulation_dtype`): the maximum, the
+exponentials, the row sums and the division, forward and backward; only the result is rounded
+back to the input's dtype. A kernel that wants float32 weights passes float32 logits.
+
 Nothing here reads a tensor value on the host: the functions run under ``torch.compile`` and
 on CUDA without synchronising. The segment sums and maxima run on torch-scatter when it is
 installed (:mod:`nlgraph.ops.kernels._scatter`).
@@ -38,11 +43,17 @@ from .kernels._scatter import segment_amax, segment_sum
 
 __all__ = [
     "Segments",
+    "accumulation_dtype",
     "normalise_rows",
     "normalise_rows_backward",
     "normalise_segments",
     "normalise_segments_backward",
 ]
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype sums and normalisations run in: float32 for float16/bfloat16, else ``dtype``."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
 def _finite_or_zero(top: Tensor) -> Tensor:
@@ -66,8 +77,15 @@ def normalise_rows(kind: str, logits: Tensor, mask: Tensor | None = None) -> Ten
             every slot is an edge.
 
     Returns:
-        Tensor: (..., k) weights, 0 on padding, rows of an empty query all 0.
+        Tensor: (..., k) weights in ``logits``' dtype (computed in :func:`accumulation_dtype`),
+        0 on padding, rows of an empty query all 0.
     """
+    dtype = logits.dtype
+    return _normalise_rows(kind, logits.to(accumulation_dtype(dtype)), mask).to(dtype)
+
+
+def _normalise_rows(kind: str, logits: Tensor, mask: Tensor | None) -> Tensor:
+    """:func:`normalise_rows` in the dtype of ``logits``."""
     if kind == "softmax":
         if mask is not None:
             logits = logits.masked_fill(~mask, float("-inf"))
@@ -87,8 +105,18 @@ def normalise_rows_backward(
 
     ``weights`` are its output and ``grad_weights`` the gradient of the loss with respect to
     them (both (..., k)): softmax :math:`w \\odot (g - \\sum_l w_l g_l)`, mean
-    :math:`g\\, M / \\max(1, \\sum_l M_l)`.
+    :math:`g\\, M / \\max(1, \\sum_l M_l)`. Computed in :func:`accumulation_dtype`, returned
+    in ``grad_weights``' dtype.
     """
+    dtype = grad_weights.dtype
+    acc = accumulation_dtype(dtype)
+    return _normalise_rows_backward(kind, weights.to(acc), grad_weights.to(acc), mask).to(dtype)
+
+
+def _normalise_rows_backward(
+    kind: str, weights: Tensor, grad_weights: Tensor, mask: Tensor | None
+) -> Tensor:
+    """:func:`normalise_rows_backward` in the dtype of its operands."""
     if kind == "softmax":
         return weights * (grad_weights - (weights * grad_weights).sum(-1, keepdim=True))
     if mask is None:
@@ -131,18 +159,27 @@ class Segments:
 
 def normalise_segments(kind: str, logits: Tensor, seg: Segments) -> Tensor:
     """Weights (E,) of flat entries normalised over each query's entries (see the module
-    docstring); ``logits`` (E,)."""
+    docstring); ``logits`` (E,). Computed in :func:`accumulation_dtype`, returned in
+    ``logits``' dtype."""
+    dtype = logits.dtype
+    logits = logits.to(accumulation_dtype(dtype))
     if kind == "softmax":
         top = _finite_or_zero(segment_amax(logits.detach(), seg.index, seg.size))
         e = torch.exp(logits - seg.per_entry(top))
-        return _safe_divide(e, seg.per_entry(seg.row_sum(e)))
-    return logits / seg.per_entry(seg.count(logits.dtype).clamp_min(1))
+        return _safe_divide(e, seg.per_entry(seg.row_sum(e))).to(dtype)
+    return (logits / seg.per_entry(seg.count(logits.dtype).clamp_min(1))).to(dtype)
 
 
 def normalise_segments_backward(
     kind: str, weights: Tensor, grad_weights: Tensor, seg: Segments
 ) -> Tensor:
-    """The gradient of :func:`normalise_segments` with respect to its logits (all (E,))."""
+    """The gradient of :func:`normalise_segments` with respect to its logits (all (E,)),
+    computed in :func:`accumulation_dtype` and returned in ``grad_weights``' dtype."""
+    dtype = grad_weights.dtype
+    acc = accumulation_dtype(dtype)
+    weights, grad_weights = weights.to(acc), grad_weights.to(acc)
     if kind == "softmax":
-        return weights * (grad_weights - seg.per_entry(seg.row_sum(weights * grad_weights)))
-    return grad_weights / seg.per_entry(seg.count(grad_weights.dtype).clamp_min(1))
+        ds = weights * (grad_weights - seg.per_entry(seg.row_sum(weights * grad_weights)))
+    else:
+        ds = grad_weights / seg.per_entry(seg.count(acc).clamp_min(1))
+    return ds.to(dtype)

@@ -17,6 +17,13 @@ edges count as many times as they appear. The segment sums and maxima run on tor
 it is installed (``pip install nlgraph[scatter]``), else on plain PyTorch (``scatter_reduce``,
 ``index_add``), with the same numbers; gathers by ``index_select``; autograd; memory O(B·E·C);
 no host reads.
+
+Half precision (float16, bfloat16: plain inputs, or the outputs of layers run under
+:func:`torch.autocast`) is computed in float32 throughout: the per-edge dot products, the
+segment softmax / mean and the weighted sums; y and the returned weights are rounded to the
+input dtype once at the end (autograd casts the gradients back). Autocast is off inside
+(:func:`~nlgraph.ops.kernels.base.autocast_off`): the concatenation halves a, b are float32
+too (their sign decides the ReLU).
 """
 
 from __future__ import annotations
@@ -27,10 +34,10 @@ from torch import Tensor
 from ...attention import Attention
 from ...graphs.base import COOGraph, RegularGraph
 from ...pairwise import MODES, Pairwise
-from .._segment import Segments, normalise_segments
+from .._segment import Segments, accumulation_dtype, normalise_segments
 from ..inputs import AggregateInputs
 from ._scatter import segment_sum
-from .base import Kernel
+from .base import Kernel, autocast_off
 
 __all__ = ["COOKernel", "coo_edge_weights"]
 
@@ -71,7 +78,10 @@ class COOKernel(Kernel):
     SUPPORTED_MODES = MODES
     SUPPORTS_RETURN_ATTENTION = True
     SUPPORTS_EDGE_BIAS = True
-    IS_DETERMINISTIC = False  # index_add / scatter are atomic on CUDA
+    # index_add and index_select's backward use atomics on CUDA; under
+    # torch.use_deterministic_algorithms(True) PyTorch runs them deterministically and
+    # _scatter leaves torch-scatter (base.Kernel.IS_DETERMINISTIC).
+    IS_DETERMINISTIC = True
 
     @classmethod
     def not_supported_reasons(cls, inp: AggregateInputs) -> list[str]:
@@ -83,13 +93,22 @@ class COOKernel(Kernel):
 
     @classmethod
     def apply(cls, inp: AggregateInputs) -> tuple[Tensor, Attention | None]:
+        with autocast_off(inp.value.device):
+            return cls._apply(inp)
+
+    @classmethod
+    def _apply(cls, inp: AggregateInputs) -> tuple[Tensor, Attention | None]:
+        """:meth:`apply` outside autocast."""
         graph = inp.coo_graph()
-        v = inp.value
+        dtype = inp.value.dtype
+        acc = accumulation_dtype(dtype)  # float32 for half precision (module docstring)
+        q, k, v = inp.query.to(acc), inp.key.to(acc), inp.value.to(acc)
+        bias = inp.coo_bias()
         b, m, cv = v.shape
         src, dst = _flat_edges(graph, b, m)
-        w = coo_edge_weights(inp.pairwise, inp.query, inp.key, graph, inp.coo_bias())
+        w = coo_edge_weights(inp.pairwise, q, k, graph, None if bias is None else bias.to(acc))
         msg = w.reshape(-1, 1) * v.reshape(b * m, cv).index_select(0, src)
         y = segment_sum(msg, dst, b * graph.num_queries)
-        y = y.view(b, graph.num_queries, cv)
-        attn = Attention.from_coo(w, graph) if inp.return_attention else None
+        y = y.view(b, graph.num_queries, cv).to(dtype)
+        attn = Attention.from_coo(w.to(dtype), graph) if inp.return_attention else None
         return y, attn

@@ -33,7 +33,13 @@ inputs are rows of any length, sorted by query once (a COOGraph not known to be 
 checked once, one host read). The pattern and its transpose are built once per graph object and
 batch size and cached on the graph: a graph shared by blocks or steps is prepared once. float32
 and float64, outside ``torch.compile`` tracing (PyTorch does not compile sparse tensors; the
-``regular`` kernel runs there).
+``regular`` kernel runs there). Half precision is declined (PyTorch's CPU sparse products do not
+take it), so under :func:`torch.autocast` the kernel only sees float32/float64 inputs (layers
+run outside autocast) and computes in their dtype: autocast is off inside, which keeps its
+sparse-dense products out of autocast's lower-precision casts. Bitwise repeatable on CPU
+(row-parallel MKL products, no atomics); cuSPARSE's on CUDA are not covered by
+``torch.use_deterministic_algorithms``, so the kernel declines CUDA inputs under that flag
+(:attr:`CSRKernel.IS_DETERMINISTIC`).
 """
 
 from __future__ import annotations
@@ -56,7 +62,7 @@ from .._segment import (
     normalise_segments_backward,
 )
 from ..inputs import AggregateInputs
-from .base import Kernel
+from .base import Kernel, autocast_off
 
 __all__ = ["CSRKernel", "CSRStructure", "csr_aggregate", "csr_structure"]
 
@@ -227,6 +233,25 @@ def csr_structure(graph: RegularGraph | COOGraph, batch: int) -> CSRStructure:
     return structure
 
 
+def _entries(inp: AggregateInputs) -> tuple[int, int]:
+    """(stored entries, rows x columns) of the batch's CSR matrix, from shapes only.
+
+    ``torch.sparse.sampled_addmm`` fails when a pattern stores more entries than the dense
+    matrix has positions, which only duplicate edges can cause (e.g. a RegularGraph repeating a
+    key, k > N'): the kernel declines such graphs and ``auto`` takes ``regular``/``coo``.
+    """
+    batch, n, m = inp.query.shape[0], inp.num_queries, inp.num_keys
+    graph = inp.graph
+    if isinstance(graph, RegularGraph):
+        stored = batch * n * graph.k
+        columns = batch * m + int(graph.mask is not None)
+    elif isinstance(graph, COOGraph):
+        stored, columns = batch * graph.num_edges, batch * m
+    else:  # the full graph: every position once
+        return batch * n * m, batch * n * batch * m
+    return stored, batch * n * columns
+
+
 def _sddmm(pattern: CSRStructure, a: Tensor, b: Tensor) -> Tensor:
     """(E,) values a[row_e] · b[col_e] for a (rows, C) and b (columns, C)."""
     zeros = a.new_zeros(pattern.nnz)
@@ -273,6 +298,20 @@ class _CSRAggregate(torch.autograd.Function):
     @once_differentiable
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
         query, key, value, w, raw = ctx.saved_tensors
+        with autocast_off(value.device):  # backward may run inside the caller's autocast
+            return _CSRAggregate._backward(ctx, query, key, value, w, raw, grad_out)
+
+    @staticmethod
+    def _backward(
+        ctx: Any,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        w: Tensor,
+        raw: Tensor,
+        grad_out: Tensor,
+    ) -> tuple[Tensor | None, ...]:
+        """:meth:`backward` outside autocast."""
         mode, scale, pattern = ctx.mode, ctx.scale, ctx.pattern
         grad_out = grad_out.contiguous()
         dv = pattern.transposed(w) @ grad_out
@@ -307,7 +346,8 @@ def csr_aggregate(
     pattern = csr_structure(graph, batch)
     q, k, v = _flat(query), _flat(key, pattern.padded), _flat(value, pattern.padded)
     entry_bias = None if bias is None else _entry_bias(bias, pattern)
-    y = _CSRAggregate.apply(mode, scale, pattern, q, k, v, entry_bias)
+    with autocast_off(value.device):
+        y = _CSRAggregate.apply(mode, scale, pattern, q, k, v, entry_bias)
     return y.view(batch, n, value.shape[-1])
 
 
@@ -336,17 +376,31 @@ class CSRKernel(Kernel):
     SUPPORTED_DTYPES = (torch.float32, torch.float64)
     SUPPORTS_RETURN_ATTENTION = True
     SUPPORTS_EDGE_BIAS = True
-    IS_DETERMINISTIC = False  # CPU (MKL) runs row-parallel without atomics; cuSPARSE unverified
+    # CPU (MKL) runs row-parallel without atomics; cuSPARSE's products are outside
+    # torch.use_deterministic_algorithms: declined on CUDA under the flag (base.Kernel).
+    IS_DETERMINISTIC = False
 
     @classmethod
     def not_supported_reasons(cls, inp: AggregateInputs) -> list[str]:
         reasons = super().not_supported_reasons(inp)
         if _is_compiling():
             reasons.append("torch.compile tracing (sparse tensors do not compile)")
+        stored, capacity = _entries(inp)
+        if stored > capacity:
+            reasons.append(
+                f"{stored} edges (duplicates) in a {capacity}-entry query x key matrix "
+                "(PyTorch's sampled_addmm needs at most one stored entry per position's worth)"
+            )
         return reasons
 
     @classmethod
     def apply(cls, inp: AggregateInputs) -> tuple[Tensor, Attention | None]:
+        with autocast_off(inp.value.device):  # float32 operands stay float32 (module docstring)
+            return cls._apply(inp)
+
+    @classmethod
+    def _apply(cls, inp: AggregateInputs) -> tuple[Tensor, Attention | None]:
+        """:meth:`apply` outside autocast."""
         pw = inp.pairwise
         q, k = pw.operands(inp.query, inp.key)
         graph = (

@@ -12,7 +12,8 @@ r"""The ``dense`` kernel: all pairs, with exact fast paths and no N×N' tensor.
   :math:`b` ascending, :math:`S_v, S_{bv}` suffix sums of :math:`v` and :math:`b\,v` and
   :math:`t_i` the first sorted key with :math:`b > -a_i` (a binary search). O((N + N') log N')
   work, O((N + N')·Cv) memory; autograd through sort, gathers and cumulative sums gives the
-  exact gradient (the ReLU kink has measure zero).
+  exact gradient (the ReLU kink has measure zero). Half precision runs in float32 (a running
+  sum over N' keys in bfloat16 would round at every step).
 - ``edge_bias`` (softmax modes): the (B, N, N') bias is SDPA's additive ``attn_mask``, one
   head per sample (no query split). A query whose every bias is :math:`-\infty` has no edge
   left: it gets y_i = 0 and no gradient, as on every kernel (SDPA alone returns NaN there, and
@@ -20,6 +21,14 @@ r"""The ``dense`` kernel: all pairs, with exact fast paths and no N×N' tensor.
   is zeroed.
 - ``return_attention=True`` builds the (B, N, N') weights with the shared normalisation of
   :mod:`nlgraph.ops._segment` and multiplies them with v.
+
+Mixed precision: under :func:`torch.autocast` (or with half-precision inputs) the softmax modes
+run PyTorch's fused attention in half precision, which keeps the logits' maximum, the
+exponential sums and the weighted sums in float32; the dot product's matrix products accumulate
+in float32 inside the BLAS; concatenation computes in float32; ``return_attention`` normalises in
+float32 (:mod:`nlgraph.ops._segment`). On CUDA, SDPA's backward and ``cumsum`` are not bitwise
+repeatable by default: under ``torch.use_deterministic_algorithms(True)`` PyTorch picks its
+deterministic attention backward, and raises its usual error for ``cumsum`` (concatenation).
 """
 
 from __future__ import annotations
@@ -31,9 +40,23 @@ from torch import Tensor
 from ...attention import Attention
 from ...pairwise import MODES, Pairwise
 from ..inputs import AggregateInputs
-from .base import Kernel
+from .base import Kernel, wide_operands
 
 __all__ = ["DenseKernel", "concatenation_sorted", "dot_product_reassociated", "softmax_fused"]
+
+
+#: The thread count when nlgraph was imported: what a ``torch.compile`` trace uses (a constant
+#: of the compiled graph; ``torch.get_num_threads()`` would break the graph). Decorating with
+#: ``torch.compiler.assume_constant_result`` would import torch._dynamo with nlgraph.
+_IMPORT_THREADS = torch.get_num_threads()
+
+
+def _num_threads() -> int:
+    """``torch.get_num_threads()``, or its value at import while ``torch.compile`` traces (the
+    split it sizes is exact for any value: only speed depends on it)."""
+    if torch.compiler.is_compiling():
+        return _IMPORT_THREADS
+    return torch.get_num_threads()
 
 
 def _query_splits(q: Tensor, k: Tensor, v: Tensor) -> int:
@@ -49,7 +72,7 @@ def _query_splits(q: Tensor, k: Tensor, v: Tensor) -> int:
     if q.device.type != "cpu" or not needs_grad:
         return 1
     batch, n = q.shape[0], q.shape[1]
-    threads = torch.get_num_threads()
+    threads = _num_threads()
     if batch == 0 or batch >= threads:  # an empty batch: nothing to split
         return 1
     return max(1, min(-(-threads // batch), n // 256))
@@ -106,7 +129,13 @@ def dot_product_reassociated(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
 
 
 def concatenation_sorted(a: Tensor, b: Tensor, v: Tensor) -> Tensor:
-    r"""mean_j ReLU(a_i + b_j) v_j for a (B, N), b (B, N'), v (B, N', dv) → (B, N, dv)."""
+    r"""mean_j ReLU(a_i + b_j) v_j for a (B, N), b (B, N'), v (B, N', dv) → (B, N, dv).
+
+    Half precision is computed in float32 (suffix sums over N' keys) and rounded once.
+    """
+    dtype = v.dtype
+    if dtype in (torch.float16, torch.bfloat16):
+        a, b, v = a.float(), b.float(), v.float()
     m = b.shape[1]
     b_sorted, order = torch.sort(b, dim=1)
     v_sorted = torch.gather(v, 1, order.unsqueeze(-1).expand_as(v))
@@ -118,7 +147,7 @@ def concatenation_sorted(a: Tensor, b: Tensor, v: Tensor) -> Tensor:
     t = torch.searchsorted(b_sorted.detach().contiguous(), (-a).detach().contiguous(), right=True)
     idx = t.unsqueeze(-1).expand(-1, -1, v.shape[2])
     y = a.unsqueeze(-1) * torch.gather(s_v, 1, idx) + torch.gather(s_bv, 1, idx)
-    return y / m
+    return (y / m).to(dtype)
 
 
 class DenseKernel(Kernel):
@@ -129,6 +158,7 @@ class DenseKernel(Kernel):
     SUPPORTED_MODES = MODES
     SUPPORTS_RETURN_ATTENTION = True
     SUPPORTS_EDGE_BIAS = True
+    # Under torch.use_deterministic_algorithms(True) (module docstring; base.Kernel).
     IS_DETERMINISTIC = True
 
     @classmethod
@@ -150,5 +180,5 @@ class DenseKernel(Kernel):
             return softmax_fused(q, k, v, pw.scale, bias, bias_finite)
         if pw.mode == "dot_product":
             return dot_product_reassociated(q, k, v)
-        a, b = pw.concat_terms(q, k)
+        a, b = wide_operands(pw, q, k)  # float32 halves for half precision
         return concatenation_sorted(a, b, v)

@@ -19,6 +19,14 @@ chunk by chunk (a custom :class:`torch.autograd.Function`), so no (B, N, k, C) t
 alive for backward: training memory is O(B·N·(C + k)) plus one chunk. The concatenation mode
 runs on the scalar halves :math:`a_i = u\cdot q_i` and :math:`b_j = w\cdot k_j` (autograd maps
 their gradients back). No tensor value is read on the host.
+
+Half precision (float16, bfloat16: plain inputs or outputs of layers under :func:`torch.autocast`)
+is gathered in its own dtype and computed in float32 chunk by chunk: logits, normalisation, the
+weighted sum and every gradient accumulator (``index_add_`` into float32 buffers), rounded to the
+input dtype once per output; the concatenation halves a, b are float32
+(:func:`~nlgraph.ops.kernels.base.wide_operands`). Autocast is off inside the kernel, so its
+einsums are not rounded back to half precision. Bitwise repeatable on CPU; on CUDA the backward's ``index_add_`` is
+deterministic under ``torch.use_deterministic_algorithms(True)``.
 """
 
 from __future__ import annotations
@@ -32,9 +40,9 @@ from torch.autograd.function import once_differentiable
 from ...attention import Attention
 from ...graphs.base import RegularGraph
 from ...pairwise import MODES, edge_logits, edge_logits_backward, normaliser
-from .._segment import normalise_rows, normalise_rows_backward
+from .._segment import accumulation_dtype, normalise_rows, normalise_rows_backward
 from ..inputs import AggregateInputs
-from .base import Kernel
+from .base import Kernel, autocast_off, wide_operands
 
 __all__ = ["RegularKernel", "regular_aggregate"]
 
@@ -77,16 +85,17 @@ class _Chunk:
         if self.mask is not None:  # padding slots read the zero row at the end
             flat = torch.where(self.mask, flat, keys.shape[0] - 1)
         self.flat = flat.reshape(-1)
-        self.kg = keys.index_select(0, self.flat).view(*flat.shape, *keys.shape[1:])
-        self.vg = values.index_select(0, self.flat).view(*flat.shape, values.shape[-1])
-        self.qc = query[:, start:stop]
+        acc = accumulation_dtype(values.dtype)  # float32 for half precision (module docstring)
+        self.kg = keys.index_select(0, self.flat).view(*flat.shape, *keys.shape[1:]).to(acc)
+        self.vg = values.index_select(0, self.flat).view(*flat.shape, values.shape[-1]).to(acc)
+        self.qc = query[:, start:stop].to(acc)
         if mode == "concatenation":  # query (B, N) = a, key (B·N' + 1,) = b
             self.raw = self.qc.unsqueeze(-1) + self.kg
         else:
             self.raw = torch.einsum("bnc,bnkc->bnk", self.qc, self.kg)
         logits = edge_logits(mode, scale, self.raw)
         if bias is not None:
-            logits = logits + bias[:, start:stop]
+            logits = logits + bias[:, start:stop].to(acc)
         self.w = normalise_rows(normaliser(mode), logits, self.mask)
 
 
@@ -109,6 +118,24 @@ class _RegularAggregate(torch.autograd.Function):
         ctx.mode, ctx.scale, ctx.chunk = mode, scale, chunk
         ctx.save_for_backward(query, key, value, index, mask, bias)
         ctx.has_mask, ctx.has_bias = mask is not None, bias is not None
+        with autocast_off(value.device):
+            return _RegularAggregate._forward(
+                mode, scale, query, key, value, index, mask, chunk, bias
+            )
+
+    @staticmethod
+    def _forward(
+        mode: str,
+        scale: float,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        index: Tensor,
+        mask: Tensor | None,
+        chunk: int,
+        bias: Tensor | None,
+    ) -> Tensor:
+        """:meth:`forward` outside autocast (chunks written in the value's dtype)."""
         batch, n, num_keys = query.shape[0], query.shape[1], key.shape[1]
         keys = _flat_rows(key, batch, num_keys, mask is not None)
         values = _flat_rows(value, batch, num_keys, mask is not None)
@@ -122,6 +149,12 @@ class _RegularAggregate(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
+        with autocast_off(grad_out.device):  # backward may run inside the caller's autocast
+            return _RegularAggregate._backward(ctx, grad_out)
+
+    @staticmethod
+    def _backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
+        """:meth:`backward` outside autocast: float32 accumulators for half precision."""
         query, key, value, index, mask, bias = ctx.saved_tensors
         grad_out = grad_out.contiguous()
         mask = mask if ctx.has_mask else None
@@ -131,13 +164,14 @@ class _RegularAggregate(torch.autograd.Function):
         batch, n, num_keys = query.shape[0], query.shape[1], key.shape[1]
         keys = _flat_rows(key, batch, num_keys, mask is not None)
         values = _flat_rows(value, batch, num_keys, mask is not None)
-        dq = torch.zeros_like(query)
-        dk = torch.zeros_like(keys)
-        dv = torch.zeros_like(values)
+        acc = accumulation_dtype(value.dtype)
+        dq = torch.zeros_like(query, dtype=acc)
+        dk = torch.zeros_like(keys, dtype=acc)
+        dv = torch.zeros_like(values, dtype=acc)
         for start in range(0, n, ctx.chunk):
             stop = min(start + ctx.chunk, n)
             c = _Chunk(mode, scale, query, keys, values, index, mask, bias, num_keys, start, stop)
-            gy = grad_out[:, start:stop]
+            gy = grad_out[:, start:stop].to(acc)
             dw = torch.einsum("bnc,bnkc->bnk", gy, c.vg)
             dv.index_add_(0, c.flat, (c.w.unsqueeze(-1) * gy.unsqueeze(2)).flatten(0, 2))
             ds = normalise_rows_backward(normaliser(mode), c.w, dw, c.mask)
@@ -152,7 +186,11 @@ class _RegularAggregate(torch.autograd.Function):
                 dk.index_add_(0, c.flat, (draw.unsqueeze(-1) * c.qc.unsqueeze(2)).flatten(0, 2))
         if mask is not None:  # drop the padding row
             dk, dv = dk[:-1], dv[:-1]
-        dk, dv = dk.view_as(key), dv.view_as(value)
+        dq, dk, dv = (
+            dq.to(query.dtype),
+            dk.view_as(key).to(key.dtype),
+            dv.view_as(value).to(value.dtype),
+        )
         return None, None, dq, dk, dv, None, None, None, dbias
 
 
@@ -191,13 +229,21 @@ class RegularKernel(Kernel):
     SUPPORTED_MODES = MODES
     SUPPORTS_RETURN_ATTENTION = True
     SUPPORTS_EDGE_BIAS = True
-    IS_DETERMINISTIC = False  # index_add_ in backward is atomic on CUDA
+    # index_add_ in backward is atomic on CUDA, deterministic under
+    # torch.use_deterministic_algorithms(True) (base.Kernel.IS_DETERMINISTIC).
+    IS_DETERMINISTIC = True
 
     @classmethod
     def apply(cls, inp: AggregateInputs) -> tuple[Tensor, Attention | None]:
+        with autocast_off(inp.value.device):  # the concatenation halves too (module docstring)
+            return cls._apply(inp)
+
+    @classmethod
+    def _apply(cls, inp: AggregateInputs) -> tuple[Tensor, Attention | None]:
+        """:meth:`apply` outside autocast."""
         graph = inp.regular_graph()
         pw = inp.pairwise
-        q, k = pw.operands(inp.query, inp.key)
+        q, k = wide_operands(pw, inp.query, inp.key)  # float32 concatenation halves
         bias = inp.batched_bias()
         y = regular_aggregate(pw.mode, pw.logit_scale, q, k, inp.value, graph, bias=bias)
         attn = None
@@ -216,4 +262,4 @@ def _attention_weights(
     keys = _flat_rows(k, batch, num_keys, graph.mask is not None)
     values = keys.new_zeros(keys.shape[0], 1)
     c = _Chunk(mode, scale, q, keys, values, graph.index, graph.mask, bias, num_keys, 0, q.shape[1])
-    return c.w
+    return c.w.to(q.dtype)

@@ -54,7 +54,7 @@ from ...attention import Attention
 from ...graphs.base import COOGraph, RegularGraph
 from ...pairwise import MODES, SOFTMAX_MODES
 from ..inputs import AggregateInputs
-from .base import Kernel
+from .base import Kernel, wide_operands
 from .csr import _pointers, _stable_argsort
 
 if TYPE_CHECKING:
@@ -543,7 +543,7 @@ class TritonKernel(Kernel):
     @classmethod
     def apply(cls, inp: AggregateInputs) -> tuple[Tensor, Attention | None]:
         pw = inp.pairwise
-        q, k = pw.operands(inp.query, inp.key)
+        q, k = wide_operands(pw, inp.query, inp.key)  # concatenation halves in float32
         graph = inp.graph
         assert isinstance(graph, (RegularGraph, COOGraph))  # SUPPORTED_GRAPHS
         y = triton_aggregate(pw.mode, pw.logit_scale, q, k, inp.value, graph, inp.batched_bias())
