@@ -133,7 +133,10 @@ def nonlocal_aggregate(
         torch.Size([2, 100, 8])
     """
     if isinstance(pairwise, str):
-        pairwise = Pairwise(pairwise)
+        try:
+            pairwise = Pairwise(pairwise)
+        except ValueError as exc:  # also name the argument the caller passed
+            raise ValueError(f"{exc} (from pairwise={pairwise!r})") from None
     inp = AggregateInputs(query, key, value, pairwise, graph, bool(return_attention), edge_bias)
     inp.validate()
     y, attn = aggregate(inp, backend)

@@ -58,11 +58,14 @@ def select_kernel(inp: AggregateInputs, backend: str = "auto") -> type[Kernel]:
     """The kernel that runs ``inp``.
 
     Raises:
+        TypeError: ``inp`` is not an :class:`AggregateInputs`.
         ValueError: ``backend`` is unknown, or names a kernel that cannot run ``inp`` (with its
             reasons).
         NotImplementedError: ``backend="auto"`` and no kernel can run ``inp`` (every kernel's
             reasons listed).
     """
+    if not isinstance(inp, AggregateInputs):
+        raise TypeError(f"inp: expected an AggregateInputs, got {type(inp).__name__}")
     if backend == "auto":
         reasons = {}
         for kernel in priority_list(inp):
