@@ -185,11 +185,6 @@ def _entries() -> list[Entry]:
                 checkpoint=False,
                 dtype=F64,
             ),  # fmt: skip
-            skip={
-                "g_layers=int 2**62": "BUG nn/relation_network.py:RelationNetwork.__init__ builds "
-                "that many layers (hangs) instead of bounding the count",
-                "f_layers=int 2**62": "same hang as g_layers",
-            },
         ),
         Entry("make_divisible", nn.make_divisible, lambda: dict(value=20.0, divisor=8)),
         Entry(
@@ -448,7 +443,7 @@ KNOWN_HOLES: dict[str, str] = {
         "nn/glore.py:GlobalReasoning.forward: a non-tensor batch (str, int, float) gives AttributeError (no attribute shape)"
     ),
     "RelationNetwork": (
-        "nn/relation_network.py:RelationNetwork.__init__: huge in_channels/hidden_channels/cond_channels give RuntimeError (storage overflow); dtype=torch.int64 gives RuntimeError; huge g_layers/f_layers hang (not tried)"
+        "nn/relation_network.py:RelationNetwork.__init__: huge in_channels/hidden_channels/cond_channels give RuntimeError (storage overflow); dtype=torch.int64 gives RuntimeError"
     ),
     "make_divisible": (
         "nn/presets.py:make_divisible: no validation: None/str value give TypeErrors not naming value, NaN ValueError, inf OverflowError, divisor 0 ZeroDivisionError"

@@ -16,6 +16,7 @@ from .nn import (
     NonLocalBlock2d,
     NonLocalBlock3d,
     ObjectRelation,
+    RelationNetwork,
 )
 from .ops import nonlocal_aggregate
 from .pairwise import Pairwise
@@ -36,6 +37,7 @@ __all__ = [
     "NonLocalConv",
     "ObjectRelation",
     "Pairwise",
+    "RelationNetwork",
     "__version__",
     "compat",
     "from_reference",

@@ -10,6 +10,7 @@ from .glore import GlobalReasoning
 from .nonlocal_block import NonLocalBlock1d, NonLocalBlock2d, NonLocalBlock3d, NonLocalBlockNd
 from .object_relation import ObjectRelation
 from .presets import PRESETS, make_divisible
+from .relation_network import RelationNetwork
 
 if TYPE_CHECKING:
     from .nonlocal_conv import NonLocalConv
@@ -23,6 +24,7 @@ __all__ = [
     "NonLocalBlockNd",
     "NonLocalConv",
     "ObjectRelation",
+    "RelationNetwork",
     "make_divisible",
 ]
 
