@@ -421,29 +421,14 @@ ALLOWED: dict[tuple[str, str, str], str] = {}
 
 #: entry -> reason, for holes in files outside tests/ and the validators this file may fix.
 KNOWN_HOLES: dict[str, str] = {
-    "NonLocalBlock1d": (
-        "nn/nonlocal_block.py:NonLocalBlockNd.__init__: huge in_channels/inter_channels give torch's RuntimeError (storage size overflowed); dtype=torch.int64 gives RuntimeError (only floating point tensors can require gradients) instead of a TypeError naming dtype"
-    ),
-    "NonLocalConv": (
-        "nn/nonlocal_conv.py:NonLocalConv.__init__: huge in_channels/inter_channels give RuntimeError (storage overflow); dtype=torch.int64 gives RuntimeError instead of TypeError naming dtype"
-    ),
     "NonLocalConv.forward": (
         "nn/nonlocal_conv.py:NonLocalConv.forward: a meta edge_index gives RuntimeError (Tensor.item() on meta); a tensor return_attention_weights gives RuntimeError (ambiguous truth value)"
-    ),
-    "ObjectRelation": (
-        "nn/object_relation.py:ObjectRelation.__init__: huge in_channels/key_channels/geo_channels give RuntimeError/TypeError from torch.empty without the argument's name"
     ),
     "ObjectRelation.forward": (
         "nn/object_relation.py:ObjectRelation.forward (via nodes.check_batch): a meta batch gives NotImplementedError (cannot copy out of meta tensor)"
     ),
-    "GlobalReasoning": (
-        "nn/glore.py:GlobalReasoning.__init__: huge in_channels/num_nodes/node_channels give RuntimeError (storage overflow); dtype=torch.int64 gives RuntimeError"
-    ),
     "GlobalReasoning.forward": (
         "nn/glore.py:GlobalReasoning.forward: a non-tensor batch (str, int, float) gives AttributeError (no attribute shape)"
-    ),
-    "RelationNetwork": (
-        "nn/relation_network.py:RelationNetwork.__init__: huge in_channels/hidden_channels/cond_channels give RuntimeError (storage overflow); dtype=torch.int64 gives RuntimeError"
     ),
     "make_divisible": (
         "nn/presets.py:make_divisible: no validation: None/str value give TypeErrors not naming value, NaN ValueError, inf OverflowError, divisor 0 ZeroDivisionError"
@@ -493,9 +478,6 @@ KNOWN_HOLES: dict[str, str] = {
     "to_edge_index": (
         "graphs/convert.py:to_edge_index: a malformed tensor graph is reported as edge_index: expected ... instead of naming graph"
     ),
-    "window_offsets": (
-        "graphs/window.py:window_offsets: radius=2**62 gives RuntimeError (invalid size, possible overflow)"
-    ),
     "from_reference": (
         "compat/_common.py:from_reference: a tensor sub_sample/mode gives RuntimeError (ambiguous truth value); non-str prefix/state_dict give AttributeError; a wrong prefix is reported as state_dict: ..."
     ),
@@ -510,12 +492,6 @@ KNOWN_HOLES: dict[str, str] = {
     ),
     "Attention": (
         "attention.py:Attention.__init__: a non-tensor dense gives AttributeError (no attribute dim)"
-    ),
-    "NonLocalBlock2d": (
-        "nn/nonlocal_block.py:NonLocalBlockNd.__init__: huge in_channels/inter_channels give torch's RuntimeError (storage size overflowed); dtype=torch.int64 gives RuntimeError (only floating point tensors can require gradients) instead of a TypeError naming dtype"
-    ),
-    "NonLocalBlock3d": (
-        "nn/nonlocal_block.py:NonLocalBlockNd.__init__: huge in_channels/inter_channels give torch's RuntimeError (storage size overflowed); dtype=torch.int64 gives RuntimeError (only floating point tensors can require gradients) instead of a TypeError naming dtype"
     ),
 }
 

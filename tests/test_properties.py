@@ -25,6 +25,7 @@ below as explicit ``@example`` regression cases.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -157,6 +158,18 @@ def _tol(kernel: str) -> dict[str, float]:
     return {"atol": cls.ATOL[F64], "rtol": cls.RTOL[F64]}
 
 
+#: benchmarks/reliability.py sets this to a file: every property case appends the kernels it
+#: checked (one line per case), to count the cases run per kernel.
+RECORD_ENV = "NLGRAPH_PROPERTY_RECORD"
+
+
+def _record(kernels: list[str]) -> None:
+    path = os.environ.get(RECORD_ENV)
+    if path:
+        with open(path, "a") as f:
+            f.write(" ".join(kernels) + "\n")
+
+
 def _check_aggregate(
     b: int,
     n: int,
@@ -185,6 +198,7 @@ def _check_aggregate(
         assert got.shape == (b, n, cv) and got.dtype == F64
         torch.testing.assert_close(got, want, **_tol(name), msg=lambda s, name=name: f"{name}: {s}")
         ran.append(name)
+    _record(ran)
     return ran
 
 

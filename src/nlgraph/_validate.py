@@ -50,13 +50,54 @@ def check_bool(name: str, value: Any) -> bool:
     return value
 
 
+#: The largest count (of channels, neighbours, nodes, ...) the validators accept: beyond int32 a
+#: size is a mistake, and torch would fail deep inside (storage overflow) or try to allocate it.
+MAX_COUNT = 2**31 - 1
+
+
 def check_positive_int(name: str, value: Any) -> int:
-    """Return ``value`` as an int, raising ``TypeError``/``ValueError`` unless it is a positive int."""
+    """Return ``value`` as an int, raising ``TypeError``/``ValueError`` unless it is an int in
+    [1, :data:`MAX_COUNT`]."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name}: expected a positive int, got {type(value).__name__} {value!r}")
     if value < 1:
         raise ValueError(f"{name}: expected a positive int, got {value}")
+    if value > MAX_COUNT:
+        raise ValueError(f"{name}: expected a positive int up to 2**31 - 1, got {value}")
     return value
+
+
+def check_nonnegative_int(name: str, value: Any) -> int:
+    """Return ``value`` as an int, raising ``TypeError``/``ValueError`` unless it is an int in
+    [0, :data:`MAX_COUNT`]."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(
+            f"{name}: expected a non-negative int, got {type(value).__name__} {value!r}"
+        )
+    if value < 0:
+        raise ValueError(f"{name}: expected a non-negative int, got {value}")
+    if value > MAX_COUNT:
+        raise ValueError(f"{name}: expected a non-negative int up to 2**31 - 1, got {value}")
+    return value
+
+
+def factory_kwargs(device: Any, dtype: Any) -> dict[str, Any]:
+    """``{"device": ..., "dtype": ...}`` for a module's parameters, checked: ``dtype`` None or a
+    floating-point ``torch.dtype`` (``TypeError``), ``device`` None or anything
+    :class:`torch.device` takes (``ValueError``/``TypeError`` naming ``device``)."""
+    if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
+        raise TypeError(
+            f"dtype: expected None or a floating-point torch.dtype (parameters are trained), "
+            f"got {dtype!r}"
+        )
+    if device is not None:
+        try:
+            device = torch.device(device)
+        except (RuntimeError, TypeError, ValueError) as exc:
+            raise ValueError(
+                f"device: expected a torch.device or its name, got {device!r} ({exc})"
+            ) from None
+    return {"device": device, "dtype": dtype}
 
 
 def check_float_tensor(name: str, t: Any) -> Tensor:

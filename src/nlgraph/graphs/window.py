@@ -23,23 +23,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._validate import check_positive_int
+from .._validate import check_nonnegative_int, check_positive_int
 from .base import RegularGraph, trusted
 from .spec import GraphContext, GraphSpec
 
 __all__ = ["TemporalGroups", "Window", "window_offsets"]
 
 Device = torch.device | str | None
-
-
-def _check_nonnegative_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(
-            f"{name}: expected a non-negative int, got {type(value).__name__} {value!r}"
-        )
-    if value < 0:
-        raise ValueError(f"{name}: expected a non-negative int, got {value}")
-    return value
 
 
 def _as_shape(name: str, value: Any, dims: int | None = None) -> tuple[int, ...]:
@@ -111,7 +101,7 @@ def window_offsets(radius: int, dilation: int = 1, dims: int = 2) -> Tensor:
         >>> window_offsets(1, 2, dims=1).flatten().tolist()
         [-2, 0, 2]
     """
-    _check_nonnegative_int("radius", radius)
+    check_nonnegative_int("radius", radius)
     check_positive_int("dilation", dilation)
     if isinstance(dims, bool) or not isinstance(dims, int) or not 1 <= dims <= 3:
         raise ValueError(f"dims: expected 1, 2 or 3, got {dims!r}")
@@ -286,7 +276,7 @@ class Window(_LatticeSpec):
     )
 
     def __post_init__(self) -> None:
-        _check_nonnegative_int("radius", self.radius)
+        check_nonnegative_int("radius", self.radius)
         check_positive_int("dilation", self.dilation)
 
     def __repr__(self) -> str:

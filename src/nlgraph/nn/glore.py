@@ -16,6 +16,7 @@ from .._validate import (
     check_float_tensor,
     check_positive_int,
     describe,
+    factory_kwargs,
 )
 
 __all__ = ["GlobalReasoning"]
@@ -142,7 +143,7 @@ class GlobalReasoning(nn.Module):
         self.graph_form = graph_form
         self.zero_init = bool(zero_init)
 
-        fk: dict[str, Any] = {"device": device, "dtype": dtype}
+        fk = factory_kwargs(device, dtype)
         self.phi = nn.Linear(in_channels, node_channels, **fk)
         self.theta = nn.Linear(in_channels, num_nodes, **fk)
         self.adjacency = nn.Linear(num_nodes, num_nodes, **fk)

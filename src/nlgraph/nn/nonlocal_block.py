@@ -19,6 +19,7 @@ from .._validate import (
     check_float_tensor,
     check_positive_int,
     describe,
+    factory_kwargs,
 )
 from ..attention import Attention
 from ..compat import from_reference as _from_reference
@@ -197,7 +198,7 @@ class NonLocalBlockNd(nn.Module):
         self.latent = latent
         self.backend = backend
 
-        fk: dict[str, Any] = {"device": device, "dtype": dtype}
+        fk = factory_kwargs(device, dtype)
         conv = _CONV[self.dims]
         self.g = conv(in_channels, inter_channels, 1, **fk)
         if mode == "gaussian":

@@ -18,6 +18,7 @@ from .._validate import (
     check_float_tensor,
     check_positive_int,
     describe,
+    factory_kwargs,
 )
 from ..compat import from_reference
 from ..graphs.base import COOGraph
@@ -133,7 +134,7 @@ class NonLocalConv(MessagePassing):
         self.residual = bool(residual)
         self.bias = bool(bias)
 
-        fk: dict[str, Any] = {"device": device, "dtype": dtype}
+        fk = factory_kwargs(device, dtype)
         self.g = nn.Linear(in_channels, inter_channels, **fk)
         if mode == "gaussian":
             self.theta = self.phi = None

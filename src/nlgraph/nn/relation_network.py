@@ -14,8 +14,10 @@ from .._validate import (
     check_edge_index,
     check_float_tensor,
     check_index_range,
+    check_nonnegative_int,
     check_positive_int,
     describe,
+    factory_kwargs,
 )
 from ..graphs.base import COOGraph, RegularGraph
 from ..graphs.spec import Full, GraphContext, GraphSpec, GraphState
@@ -27,16 +29,6 @@ __all__ = ["AGGREGATIONS", "READOUTS", "RelationNetwork"]
 AGGREGATIONS: tuple[str, ...] = ("sum", "mean")
 #: Where they are pooled: per sample (``"graph"``) or per target node (``"node"``).
 READOUTS: tuple[str, ...] = ("graph", "node")
-
-
-def _non_negative_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(
-            f"{name}: expected a non-negative int, got {type(value).__name__} {value!r}"
-        )
-    if value < 0:
-        raise ValueError(f"{name}: expected a non-negative int, got {value}")
-    return value
 
 
 #: The most layers ``g`` or ``f`` may have: a bound, so that a mistyped count fails at once
@@ -151,9 +143,9 @@ class RelationNetwork(nn.Module):
         check_positive_int("hidden_channels", hidden_channels)
         if out_channels is not None:
             check_positive_int("out_channels", out_channels)
-        _non_negative_int("cond_channels", cond_channels)
+        check_nonnegative_int("cond_channels", cond_channels)
         check_positive_int("g_layers", g_layers)
-        _non_negative_int("f_layers", f_layers)
+        check_nonnegative_int("f_layers", f_layers)
         for name, layers in (("g_layers", g_layers), ("f_layers", f_layers)):
             if layers > MAX_LAYERS:
                 raise ValueError(f"{name}: expected at most {MAX_LAYERS} layers, got {layers}")
@@ -182,7 +174,7 @@ class RelationNetwork(nn.Module):
         self.self_loops, self.chunk_size, self.checkpoint = self_loops, chunk_size, checkpoint
         self._graph_state = GraphState()
 
-        fk: dict[str, Any] = {"device": device, "dtype": dtype}
+        fk = factory_kwargs(device, dtype)
         h = hidden_channels
         self.g_target = nn.Linear(in_channels, h, **fk)
         self.g_source = nn.Linear(in_channels, h, bias=False, **fk)
