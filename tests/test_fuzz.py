@@ -427,20 +427,8 @@ KNOWN_HOLES: dict[str, str] = {
     "ObjectRelation.forward": (
         "nn/object_relation.py:ObjectRelation.forward (via nodes.check_batch): a meta batch gives NotImplementedError (cannot copy out of meta tensor)"
     ),
-    "GlobalReasoning.forward": (
-        "nn/glore.py:GlobalReasoning.forward: a non-tensor batch (str, int, float) gives AttributeError (no attribute shape)"
-    ),
-    "make_divisible": (
-        "nn/presets.py:make_divisible: no validation: None/str value give TypeErrors not naming value, NaN ValueError, inf OverflowError, divisor 0 ZeroDivisionError"
-    ),
     "KNN.build": (
         "graphs/feature_knn.py:KNN.build: non-tensor ctx/key give AttributeError; int/bool/complex/meta tensors and mismatched shapes reach torch (RuntimeError, IndexError) without the argument's name"
-    ),
-    "COOGraph": (
-        "graphs/base.py:COOGraph.__post_init__: a tensor query_sorted gives RuntimeError (ambiguous truth value in the membership test)"
-    ),
-    "RegularGraph": (
-        "graphs/base.py:RegularGraph.__post_init__: a non-tensor index or mask gives AttributeError; num_keys is not validated"
     ),
     "box_geometry": (
         "graphs/boxes.py:box_geometry: non-tensor boxes/edge_index give TypeErrors not naming the argument; wrong dtypes/devices reach torch (RuntimeError, IndexError, NotImplementedError)"
@@ -463,9 +451,6 @@ KNOWN_HOLES: dict[str, str] = {
     "grid_positions": (
         "graphs/convert.py:grid_positions: shape not validated: TypeErrors not naming shape, RuntimeError for () and negative sizes"
     ),
-    "ivf_knn": (
-        "graphs/ivf.py:ivf_knn: a non-Generator generator gives AttributeError (no attribute device)"
-    ),
     "knn": (
         "graphs/point_knn.py:knn: meta x/y give RuntimeError (Tensor.item() on meta); k=2**62 gives RuntimeError (storage overflow)"
     ),
@@ -481,17 +466,11 @@ KNOWN_HOLES: dict[str, str] = {
     "from_reference": (
         "compat/_common.py:from_reference: a tensor sub_sample/mode gives RuntimeError (ambiguous truth value); non-str prefix/state_dict give AttributeError; a wrong prefix is reported as state_dict: ..."
     ),
-    "to_reference": (
-        "compat/_common.py:to_reference: a non-str prefix gives AttributeError (no attribute rstrip); a non-block block gives AttributeError"
-    ),
     "check_batch": (
         "nodes.py:check_batch: num_boxes/num_images not validated (errors name batch instead, or TypeError from comparisons); a meta batch gives NotImplementedError"
     ),
     "roi_features": (
         "nodes.py:roi_features: a meta batch gives NotImplementedError; huge output_size/sampling_ratio give RuntimeError from torch; a longer boxes is reported as batch: ..."
-    ),
-    "Attention": (
-        "attention.py:Attention.__init__: a non-tensor dense gives AttributeError (no attribute dim)"
     ),
 }
 

@@ -33,6 +33,10 @@ class Attention:
     """
 
     def __init__(self, dense: Tensor) -> None:
+        if not isinstance(dense, Tensor):
+            raise TypeError(
+                f"dense: expected a (B, N, N') torch.Tensor, got {type(dense).__name__}"
+            )
         if dense.dim() != 3:
             raise ValueError(f"dense: expected a (B, N, N') tensor, got shape {tuple(dense.shape)}")
         self._dense: Tensor | None = dense

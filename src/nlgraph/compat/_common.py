@@ -560,6 +560,8 @@ def to_reference(
     check_choice("layout", layout, LAYOUTS)
     if not (_BASE and isinstance(block, _BASE[0])):
         raise TypeError(f"block: expected a NonLocalBlock1d/2d/3d, got {type(block).__name__}")
+    if prefix is not None and not isinstance(prefix, str):
+        raise TypeError(f"prefix: expected None or a str, got {type(prefix).__name__} {prefix!r}")
     if getattr(block, "latent_proj", None) is not None:
         raise ValueError(
             f"block: layout {layout!r} cannot express latent=Latent(...) (its latent projection "

@@ -23,10 +23,11 @@ Notes:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
-from .._validate import check_choice
+from .._validate import check_choice, check_positive_int
 
 __all__ = ["PRESETS", "make_divisible", "preset_kwargs"]
 
@@ -34,6 +35,11 @@ __all__ = ["PRESETS", "make_divisible", "preset_kwargs"]
 def make_divisible(value: float, divisor: int = 8) -> int:
     """Round ``value`` to the nearest multiple of ``divisor`` (at least ``divisor``), adding one
     ``divisor`` when rounding lost more than 10% (timm's inner-width rule)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise TypeError(f"value: expected a finite int or float, got {value!r}")
+    if value < 0:
+        raise ValueError(f"value: expected a non-negative number, got {value}")
+    check_positive_int("divisor", divisor)
     rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
     if rounded < 0.9 * value:
         rounded += divisor

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._validate import check_edge_index, check_index_range, describe
+from .._validate import check_edge_index, check_index_range, check_nonnegative_int, describe
 
 __all__ = ["COOGraph", "RegularGraph", "trusted"]
 
@@ -52,9 +52,18 @@ class RegularGraph:
     _cache: dict[Any, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.index, Tensor):
+            raise TypeError(
+                f"index: expected a (G, N, k) int64 torch.Tensor, got {type(self.index).__name__}"
+            )
         if self.index.dim() != 3 or self.index.dtype != torch.long:
             raise ValueError(
                 f"index: expected a (G, N, k) int64 tensor, got {describe(self.index)}"
+            )
+        check_nonnegative_int("num_keys", self.num_keys)
+        if self.mask is not None and not isinstance(self.mask, Tensor):
+            raise TypeError(
+                f"mask: expected None or a bool torch.Tensor, got {type(self.mask).__name__}"
             )
         if self.mask is not None and (
             self.mask.shape != self.index.shape or self.mask.dtype != torch.bool
@@ -127,7 +136,7 @@ class COOGraph:
 
     def __post_init__(self) -> None:
         check_edge_index("edge_index", self.edge_index)
-        if self.query_sorted not in (None, True, False):
+        if self.query_sorted is not None and not isinstance(self.query_sorted, bool):
             raise TypeError(
                 f"query_sorted: expected None or a bool, got {type(self.query_sorted).__name__}"
             )

@@ -299,6 +299,10 @@ def ivf_knn(
     check_choice("order", order, ("index", "score"))
     b, n, c = query.shape
     m = key.shape[1]
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(
+            f"generator: expected None or a torch.Generator, got {type(generator).__name__}"
+        )
     if n_clusters is None:
         n_clusters = default_clusters(max(m, 1))
     n_clusters = min(check_positive_int("n_clusters", n_clusters), max(m, 1))

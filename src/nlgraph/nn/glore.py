@@ -194,9 +194,8 @@ class GlobalReasoning(nn.Module):
         if batch is None:
             return
         if x.dim() != 2:
-            raise ValueError(
-                f"batch: expected None for a (B, C, *S) map input, got {describe(batch)}"
-            )
+            got = describe(batch) if isinstance(batch, Tensor) else type(batch).__name__
+            raise ValueError(f"batch: expected None for a (B, C, *S) map input, got {got}")
         if not isinstance(batch, Tensor) or batch.dtype != torch.long:
             got = describe(batch) if isinstance(batch, Tensor) else type(batch).__name__
             raise TypeError(f"batch: expected an int64 tensor of shape (N,), got {got}")
