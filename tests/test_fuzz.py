@@ -421,12 +421,6 @@ ALLOWED: dict[tuple[str, str, str], str] = {}
 
 #: entry -> reason, for holes in files outside tests/ and the validators this file may fix.
 KNOWN_HOLES: dict[str, str] = {
-    "NonLocalConv.forward": (
-        "nn/nonlocal_conv.py:NonLocalConv.forward: a meta edge_index gives RuntimeError (Tensor.item() on meta); a tensor return_attention_weights gives RuntimeError (ambiguous truth value)"
-    ),
-    "ObjectRelation.forward": (
-        "nn/object_relation.py:ObjectRelation.forward (via nodes.check_batch): a meta batch gives NotImplementedError (cannot copy out of meta tensor)"
-    ),
     "KNN.build": (
         "graphs/feature_knn.py:KNN.build: non-tensor ctx/key give AttributeError; int/bool/complex/meta tensors and mismatched shapes reach torch (RuntimeError, IndexError) without the argument's name"
     ),
@@ -439,35 +433,8 @@ KNOWN_HOLES: dict[str, str] = {
     "box_iou": (
         "graphs/boxes.py:box_iou: no validation of a, b: TypeErrors without the name, RuntimeError for bool/complex/meta, IndexError for wrong shapes"
     ),
-    "from_edge_index": (
-        "graphs/convert.py:from_edge_index: num_queries=0 / num_keys=0 raise IndexError naming edge_index rows, not the size argument"
-    ),
-    "full_edge_index": (
-        "graphs/convert.py:full_edge_index: num_queries/num_keys not validated: torch.arange's TypeError/RuntimeError for None, str, NaN, negative, floats, huge"
-    ),
     "geometry_embedding": (
         "graphs/boxes.py:geometry_embedding: non-tensor geometry gives AttributeError; dim/wave_length/scale not validated (RuntimeError, OverflowError)"
-    ),
-    "grid_positions": (
-        "graphs/convert.py:grid_positions: shape not validated: TypeErrors not naming shape, RuntimeError for () and negative sizes"
-    ),
-    "knn": (
-        "graphs/point_knn.py:knn: meta x/y give RuntimeError (Tensor.item() on meta); k=2**62 gives RuntimeError (storage overflow)"
-    ),
-    "knn_graph": (
-        "graphs/point_knn.py:knn_graph: meta x gives RuntimeError (Tensor.item() on meta); k=2**62 gives RuntimeError (storage overflow)"
-    ),
-    "knn_recall": (
-        "graphs/recall.py:knn_recall: meta approx/exact give RuntimeError (Tensor.item() on meta)"
-    ),
-    "to_edge_index": (
-        "graphs/convert.py:to_edge_index: a malformed tensor graph is reported as edge_index: expected ... instead of naming graph"
-    ),
-    "from_reference": (
-        "compat/_common.py:from_reference: a tensor sub_sample/mode gives RuntimeError (ambiguous truth value); non-str prefix/state_dict give AttributeError; a wrong prefix is reported as state_dict: ..."
-    ),
-    "check_batch": (
-        "nodes.py:check_batch: num_boxes/num_images not validated (errors name batch instead, or TypeError from comparisons); a meta batch gives NotImplementedError"
     ),
     "roi_features": (
         "nodes.py:roi_features: a meta batch gives NotImplementedError; huge output_size/sampling_ratio give RuntimeError from torch; a longer boxes is reported as batch: ..."

@@ -365,7 +365,7 @@ def test_check_batch() -> None:
             torch.tensor([0, 1]),
             {},
             ValueError,
-            r"^batch: expected a 1-D tensor of length 3 \(one image index per box\), "
+            r"^batch: expected a 1-D tensor of length 3 \(num_boxes: one image index per box\), "
             r"got shape \(2,\)",
         ),
         (torch.zeros(3, 1, dtype=torch.long), {}, ValueError, r"^batch: expected a 1-D tensor"),

@@ -100,8 +100,17 @@ def factory_kwargs(device: Any, dtype: Any) -> dict[str, Any]:
     return {"device": device, "dtype": dtype}
 
 
+def check_has_data(name: str, t: Tensor) -> Tensor:
+    """``ValueError`` for a meta tensor (shapes without values: nothing here can be computed
+    from it, and reading one fails deep inside torch)."""
+    if t.device.type == "meta":
+        raise ValueError(f"{name}: expected a tensor with values (cpu or cuda), got a meta tensor")
+    return t
+
+
 def check_float_tensor(name: str, t: Any) -> Tensor:
-    """Raise ``TypeError`` unless ``t`` is a floating-point tensor."""
+    """Raise ``TypeError`` unless ``t`` is a floating-point tensor (``ValueError`` for a meta
+    tensor, :func:`check_has_data`)."""
     if not isinstance(t, Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
     if not torch.is_floating_point(t):
@@ -109,7 +118,7 @@ def check_float_tensor(name: str, t: Any) -> Tensor:
             f"{name}: expected a floating-point tensor (float16, bfloat16, float32 or float64), "
             f"got dtype {t.dtype}"
         )
-    return t
+    return check_has_data(name, t)
 
 
 def check_channels_dtype_device(
@@ -139,7 +148,7 @@ def check_edge_index(name: str, value: Any) -> Tensor:
         raise TypeError(f"{name}: expected a (2, E) int64 tensor, got {type(value).__name__}")
     if value.dim() != 2 or value.shape[0] != 2 or value.dtype != torch.long:
         raise ValueError(f"{name}: expected a (2, E) int64 tensor, got {describe(value)}")
-    return value
+    return check_has_data(name, value)
 
 
 def check_async(ok: Tensor, message: str, explain: Callable[[], Exception]) -> None:

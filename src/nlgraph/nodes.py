@@ -18,7 +18,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._validate import check_async, check_float_tensor, describe
+from ._validate import (
+    check_async,
+    check_float_tensor,
+    check_has_data,
+    check_nonnegative_int,
+    check_positive_int,
+    describe,
+)
 
 __all__ = ["check_batch", "check_boxes", "roi_features"]
 
@@ -136,16 +143,20 @@ def check_batch(
         >>> check_batch(None, 3, "cpu")
         tensor([0, 0, 0])
     """
+    check_nonnegative_int("num_boxes", num_boxes)
+    if num_images is not None:
+        check_positive_int("num_images", num_images)
     if batch is None:
         return torch.zeros(num_boxes, dtype=torch.long, device=device)
     if not isinstance(batch, Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor or None, got {type(batch).__name__}")
     if batch.dtype != torch.long:
         raise TypeError(f"{name}: expected an int64 tensor, got dtype {batch.dtype}")
+    check_has_data(name, batch)
     if batch.dim() != 1 or batch.shape[0] != num_boxes:
         raise ValueError(
-            f"{name}: expected a 1-D tensor of length {num_boxes} (one image index per box), "
-            f"got {describe(batch)}"
+            f"{name}: expected a 1-D tensor of length {num_boxes} (num_boxes: one image index per "
+            f"box), got {describe(batch)}"
         )
     batch = batch.to(device)
     if num_boxes == 0:

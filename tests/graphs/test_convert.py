@@ -101,10 +101,10 @@ def test_errors() -> None:
     with pytest.raises(TypeError, match="^graph: expected"):
         to_edge_index("knn")
     with pytest.raises(
-        IndexError, match=r"^edge_index\[0\] \(keys\): expected indices in \[0, 2\)"
+        IndexError, match=r"^edge_index\[0\] \(keys, num_keys=2\): expected indices in \[0, 2\)"
     ):
         from_edge_index(torch.tensor([[2], [0]]), 3, 2)
-    with pytest.raises(IndexError, match=r"^edge_index\[1\] \(queries\)"):
+    with pytest.raises(IndexError, match=r"^edge_index\[1\] \(queries, num_queries=3\)"):
         from_edge_index(torch.tensor([[0], [3]]), 3, 2)
     with pytest.raises(ValueError, match="^edge_index: expected a \\(2, E\\) int64"):
         from_edge_index(torch.tensor([[0.0], [1.0]]), 3, 2)

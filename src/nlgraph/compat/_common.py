@@ -180,8 +180,12 @@ def tensors_of(
         if not isinstance(key, str):
             raise TypeError(f"state_dict: expected str keys, got {type(key).__name__} {key!r}")
     if prefix is not None:
+        if not isinstance(prefix, str):
+            raise TypeError(f"prefix: expected None or a str, got {type(prefix).__name__}")
         head = prefix.rstrip(".") + "."
         state_dict = {k[len(head) :]: v for k, v in state_dict.items() if k.startswith(head)}
+        if not state_dict:
+            raise ValueError(f"prefix: no key of state_dict starts with {head!r}")
     out = {}
     for key, value in state_dict.items():
         value = convert(key, value) if convert is not None else value
@@ -525,6 +529,10 @@ def from_reference(
     """
     check_choice("layout", layout, LAYOUTS)
     modes = PRESETS[layout][2]
+    if sub_sample is not None and not isinstance(sub_sample, bool):
+        raise TypeError(f"sub_sample: expected None or a bool, got {type(sub_sample).__name__}")
+    if mode is not None and not isinstance(mode, str):
+        raise TypeError(f"mode: expected None or a str, got {type(mode).__name__}")
     if dims is not None:
         check_choice("dims", dims, (1, 2, 3))
         check_layout_support(layout, dims, modes[0] if mode is None else mode)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from .._validate import check_edge_index, check_float_tensor, describe
+from .._validate import check_edge_index, check_float_tensor, check_nonnegative_int, describe
 from .base import COOGraph, RegularGraph
 
 if TYPE_CHECKING:  # PyG is imported by the two functions that need it, not with nlgraph
@@ -36,6 +36,8 @@ def full_edge_index(
     num_queries: int, num_keys: int, device: torch.device | str | None = None
 ) -> Tensor:
     """Every (key j, query i) pair, self-loops included, ordered by query then key: (2, N·N')."""
+    check_nonnegative_int("num_queries", num_queries)
+    check_nonnegative_int("num_keys", num_keys)
     target = torch.arange(num_queries, device=device).repeat_interleave(num_keys)
     source = torch.arange(num_keys, device=device).repeat(num_queries)
     return torch.stack([source, target])
@@ -45,6 +47,11 @@ def grid_positions(
     shape: Sequence[int], dtype: torch.dtype = torch.float32, device: Any = None
 ) -> Tensor:
     """(prod(shape), len(shape)) integer coordinates of every position, row-major, as ``dtype``."""
+    if isinstance(shape, (str, bytes)) or not isinstance(shape, Sequence) or len(shape) == 0:
+        raise TypeError(f"shape: expected a non-empty sequence of ints, got {shape!r}")
+    shape = tuple(check_nonnegative_int(f"shape[{i}]", s) for i, s in enumerate(shape))
+    if not isinstance(dtype, torch.dtype):
+        raise TypeError(f"dtype: expected a torch.dtype, got {type(dtype).__name__} {dtype!r}")
     axes = [torch.arange(s, device=device) for s in shape]
     grids = torch.meshgrid(*axes, indexing="ij") if axes else []
     return torch.stack([g.reshape(-1) for g in grids], dim=1).to(dtype)
@@ -86,7 +93,7 @@ def to_edge_index(
             raise IndexError(f"sample: expected an index in [0, {groups}), got {sample}")
         return graph.to_coo(sample % groups).edge_index
     if isinstance(graph, Tensor):
-        return check_edge_index("edge_index", graph)
+        return check_edge_index("graph", graph)
     if isinstance(graph, str) and graph == "full":
         for name, value in (("num_queries", num_queries), ("num_keys", num_keys)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -112,7 +119,7 @@ def from_edge_index(edge_index: Tensor, num_queries: int, num_keys: int) -> COOG
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"{name}: expected a non-negative int, got {value!r}")
     graph = COOGraph(edge_index, num_queries, num_keys)
-    graph.check_range()
+    graph.check_range(roles=(f"keys, num_keys={num_keys}", f"queries, num_queries={num_queries}"))
     return graph
 
 

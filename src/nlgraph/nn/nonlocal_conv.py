@@ -258,6 +258,10 @@ class NonLocalConv(MessagePassing):
         Returns:
             Tensor (N_dst, C), or ``(out, (edge_index, alpha))``.
         """
+        if isinstance(return_attention_weights, Tensor):  # its truth value is ambiguous
+            raise TypeError(
+                "return_attention_weights: expected None or a bool (any truthy value), got a Tensor"
+            )
         x_src, x_dst = self._check_x(x)
         n_src, n_dst = x_src.shape[0], x_dst.shape[0]
         ei, sparse = self._check_edge_index(edge_index, n_src, n_dst)
