@@ -420,26 +420,7 @@ NOT_FUZZED: dict[str, str] = {
 ALLOWED: dict[tuple[str, str, str], str] = {}
 
 #: entry -> reason, for holes in files outside tests/ and the validators this file may fix.
-KNOWN_HOLES: dict[str, str] = {
-    "KNN.build": (
-        "graphs/feature_knn.py:KNN.build: non-tensor ctx/key give AttributeError; int/bool/complex/meta tensors and mismatched shapes reach torch (RuntimeError, IndexError) without the argument's name"
-    ),
-    "box_geometry": (
-        "graphs/boxes.py:box_geometry: non-tensor boxes/edge_index give TypeErrors not naming the argument; wrong dtypes/devices reach torch (RuntimeError, IndexError, NotImplementedError)"
-    ),
-    "box_graph": (
-        "graphs/boxes.py:box_graph: meta boxes give NotImplementedError; float16 boxes give NotImplementedError (cdist not implemented for Half)"
-    ),
-    "box_iou": (
-        "graphs/boxes.py:box_iou: no validation of a, b: TypeErrors without the name, RuntimeError for bool/complex/meta, IndexError for wrong shapes"
-    ),
-    "geometry_embedding": (
-        "graphs/boxes.py:geometry_embedding: non-tensor geometry gives AttributeError; dim/wave_length/scale not validated (RuntimeError, OverflowError)"
-    ),
-    "roi_features": (
-        "nodes.py:roi_features: a meta batch gives NotImplementedError; huge output_size/sampling_ratio give RuntimeError from torch; a longer boxes is reported as batch: ..."
-    ),
-}
+KNOWN_HOLES: dict[str, str] = {}
 
 
 # --------------------------------------------------------------------------- wrong values

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._validate import (
+    MAX_COUNT,
     check_async,
     check_float_tensor,
     check_has_data,
@@ -195,6 +196,8 @@ def _output_size(value: object) -> tuple[int, int]:
         raise ValueError(
             f"output_size: expected a positive int or a pair of positive ints, got {value!r}"
         )
+    for v in pair:
+        check_positive_int("output_size", v)
     return int(pair[0]), int(pair[1])
 
 
@@ -210,6 +213,10 @@ def _check_options(spatial_scale: object, sampling_ratio: object, aligned: objec
         raise TypeError(
             f"sampling_ratio: expected a positive int, got "
             f"{type(sampling_ratio).__name__} {sampling_ratio!r}"
+        )
+    if sampling_ratio > MAX_COUNT:
+        raise ValueError(
+            f"sampling_ratio: expected a positive int up to 2**31 - 1, got {sampling_ratio}"
         )
     if sampling_ratio < 1:
         raise ValueError(

@@ -26,7 +26,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .._validate import check_choice, check_edge_index, check_positive_int, describe
+from .._validate import (
+    check_choice,
+    check_edge_index,
+    check_float_tensor,
+    check_positive_int,
+    describe,
+)
 from ..nodes import check_batch, check_boxes
 from ._topk import topk_tie_low
 from .base import COOGraph, trusted
@@ -90,6 +96,10 @@ def box_iou(a: Tensor, b: Tensor) -> Tensor:
     Shapes:
         - a: (Ra, 4), b: (Rb, 4) -> (Ra, Rb)
     """
+    check_boxes(a, "a")
+    check_boxes(b, "b")
+    if b.device != a.device or b.dtype != a.dtype:
+        raise ValueError(f"b: expected dtype {a.dtype} on {a.device} as a, got {describe(b)}")
     area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
     area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
     lt = torch.maximum(a[:, None, :2], b[None, :, :2])
@@ -215,6 +225,8 @@ def _knn_edges(boxes: Tensor, counts: list[int], k: int, metric: str) -> Tensor:
         if size == 0:
             continue
         part = boxes[start : start + size]
+        if part.dtype in (torch.float16, torch.bfloat16):  # cdist has no half-precision kernel
+            part = part.float()
         kk = min(k, size)
         centre = (part[:, :2] + part[:, 2:]) / 2
         for lo in range(0, size, _ROW_BLOCK):
@@ -281,6 +293,7 @@ def box_geometry(boxes: Tensor, edge_index: Tensor, eps: float = 1e-3) -> Tensor
     Returns:
         Tensor: (E, 4), differentiable with respect to ``boxes``.
     """
+    check_boxes(boxes)
     check_edge_index("edge_index", edge_index)
     if not (isinstance(eps, (int, float)) and eps > 0):
         raise ValueError(f"eps: expected a positive number, got {eps!r}")
@@ -321,8 +334,17 @@ def geometry_embedding(
         raise ValueError(
             f"dim: expected a positive multiple of 8 (4 features x sin/cos), got {dim}"
         )
+    check_float_tensor("geometry", geometry)
     if geometry.dim() != 2 or geometry.shape[1] != 4:
         raise ValueError(f"geometry: expected an (E, 4) tensor, got {describe(geometry)}")
+    for name, value in (("wave_length", wave_length), ("scale", scale)):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+            or value <= 0
+        ):
+            raise ValueError(f"{name}: expected a positive finite number, got {value!r}")
     steps = torch.arange(dim // 8, device=geometry.device, dtype=geometry.dtype)
     inv_freq = wave_length ** (-8.0 * steps / dim)  # (d/8,)
     angle = (scale * geometry).unsqueeze(-1) * inv_freq  # (E, 4, d/8)

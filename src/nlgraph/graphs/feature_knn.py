@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._validate import check_bool, check_choice, check_positive_int
+from .._validate import check_bool, check_choice, check_float_tensor, check_positive_int, describe
 from ._topk import topk_tie_low
 from ._triton_knn import triton_knn, use_triton_knn
 from .base import RegularGraph, trusted
@@ -56,6 +56,27 @@ SEARCHES: tuple[str, ...] = ("auto", "exact", "ivf")
 #: Small enough to stay in cache between the matmul that writes it and the top-k that reads it:
 #: at N'=16384, C'=32, 128-row blocks score 1.9x faster than 256-row (16 MiB) ones here.
 AUTO_BLOCK_ELEMENTS = 1 << 21
+
+
+def _check_embeddings(query: object, key: object) -> None:
+    """A direct :meth:`KNN.build` call (a module's context is consistent by construction):
+    query ``ctx`` (B, N, C) and ``key`` (B, N', C), floating point, same dtype, device, B and C.
+    Shapes, dtypes and devices only: no value is read."""
+    q = check_float_tensor("ctx", query)
+    if q.dim() != 3:
+        raise ValueError(f"ctx: expected (B, N, C) query embeddings, got {describe(q)}")
+    if key is None:
+        return
+    k = check_float_tensor("key", key)
+    if k.dim() != 3 or k.shape[0] != q.shape[0] or k.shape[2] != q.shape[2]:
+        raise ValueError(
+            f"key: expected ({q.shape[0]}, N', {q.shape[2]}) key embeddings (as the queries "
+            f"ctx: {describe(q)}), got {describe(k)}"
+        )
+    if k.dtype != q.dtype or k.device != q.device:
+        raise ValueError(
+            f"key: expected dtype {q.dtype} on {q.device} as the queries ctx, got {describe(k)}"
+        )
 
 
 @dataclass(frozen=True)
@@ -156,6 +177,7 @@ class KNN(GraphSpec):
                 )
         else:
             query = ctx
+            _check_embeddings(query, key)
         if key is None:
             raise ValueError("key: expected the (B, N', C) key embeddings, got None")
         if self.k >= key.shape[1]:
