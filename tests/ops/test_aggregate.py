@@ -278,10 +278,10 @@ def _call(**changes):
             ValueError,
             r"^concat_weight: expected shape \(6,\)",
         ),
-        (
+        (  # a meta tensor has no values to aggregate (and another device than key/value)
             dict(query=torch.randn(2, 6, 3, dtype=F64, device="meta")),
             ValueError,
-            r"^query/key/value: expected one device",
+            r"^query: expected a tensor with values \(cpu or cuda\), got a meta tensor",
         ),
         (dict(graph="knn"), ValueError, r"^graph: expected"),
         (dict(backend="nope"), ValueError, r"^backend: expected"),
