@@ -118,80 +118,62 @@ class _RegularAggregate(torch.autograd.Function):
         ctx.mode, ctx.scale, ctx.chunk = mode, scale, chunk
         ctx.save_for_backward(query, key, value, index, mask, bias)
         ctx.has_mask, ctx.has_bias = mask is not None, bias is not None
-        with autocast_off(value.device):
-            return _RegularAggregate._forward(
-                mode, scale, query, key, value, index, mask, chunk, bias
-            )
-
-    @staticmethod
-    def _forward(
-        mode: str,
-        scale: float,
-        query: Tensor,
-        key: Tensor,
-        value: Tensor,
-        index: Tensor,
-        mask: Tensor | None,
-        chunk: int,
-        bias: Tensor | None,
-    ) -> Tensor:
-        """:meth:`forward` outside autocast (chunks written in the value's dtype)."""
-        batch, n, num_keys = query.shape[0], query.shape[1], key.shape[1]
-        keys = _flat_rows(key, batch, num_keys, mask is not None)
-        values = _flat_rows(value, batch, num_keys, mask is not None)
-        out = value.new_empty(batch, n, value.shape[-1])
-        for start in range(0, n, chunk):
-            stop = min(start + chunk, n)
-            c = _Chunk(mode, scale, query, keys, values, index, mask, bias, num_keys, start, stop)
-            out[:, start:stop] = torch.einsum("bnk,bnkc->bnc", c.w, c.vg)
-        return out
+        with autocast_off(value.device):  # chunks computed as the module docstring says
+            batch, n, num_keys = query.shape[0], query.shape[1], key.shape[1]
+            keys = _flat_rows(key, batch, num_keys, mask is not None)
+            values = _flat_rows(value, batch, num_keys, mask is not None)
+            out = value.new_empty(batch, n, value.shape[-1])
+            for start in range(0, n, chunk):
+                stop = min(start + chunk, n)
+                c = _Chunk(
+                    mode, scale, query, keys, values, index, mask, bias, num_keys, start, stop
+                )
+                out[:, start:stop] = torch.einsum("bnk,bnkc->bnc", c.w, c.vg)
+            return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
         with autocast_off(grad_out.device):  # backward may run inside the caller's autocast
-            return _RegularAggregate._backward(ctx, grad_out)
-
-    @staticmethod
-    def _backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
-        """:meth:`backward` outside autocast: float32 accumulators for half precision."""
-        query, key, value, index, mask, bias = ctx.saved_tensors
-        grad_out = grad_out.contiguous()
-        mask = mask if ctx.has_mask else None
-        bias = bias if ctx.has_bias else None
-        dbias = torch.zeros_like(bias) if bias is not None and ctx.needs_input_grad[8] else None
-        mode, scale = ctx.mode, ctx.scale
-        batch, n, num_keys = query.shape[0], query.shape[1], key.shape[1]
-        keys = _flat_rows(key, batch, num_keys, mask is not None)
-        values = _flat_rows(value, batch, num_keys, mask is not None)
-        acc = accumulation_dtype(value.dtype)
-        dq = torch.zeros_like(query, dtype=acc)
-        dk = torch.zeros_like(keys, dtype=acc)
-        dv = torch.zeros_like(values, dtype=acc)
-        for start in range(0, n, ctx.chunk):
-            stop = min(start + ctx.chunk, n)
-            c = _Chunk(mode, scale, query, keys, values, index, mask, bias, num_keys, start, stop)
-            gy = grad_out[:, start:stop].to(acc)
-            dw = torch.einsum("bnc,bnkc->bnk", gy, c.vg)
-            dv.index_add_(0, c.flat, (c.w.unsqueeze(-1) * gy.unsqueeze(2)).flatten(0, 2))
-            ds = normalise_rows_backward(normaliser(mode), c.w, dw, c.mask)
-            if dbias is not None:
-                dbias[:, start:stop] = ds
-            draw = edge_logits_backward(mode, scale, ds, c.raw)
-            if mode == "concatenation":
-                dq[:, start:stop] = draw.sum(-1)
-                dk.index_add_(0, c.flat, draw.reshape(-1))
-            else:
-                dq[:, start:stop] = torch.einsum("bnk,bnkc->bnc", draw, c.kg)
-                dk.index_add_(0, c.flat, (draw.unsqueeze(-1) * c.qc.unsqueeze(2)).flatten(0, 2))
-        if mask is not None:  # drop the padding row
-            dk, dv = dk[:-1], dv[:-1]
-        dq, dk, dv = (
-            dq.to(query.dtype),
-            dk.view_as(key).to(key.dtype),
-            dv.view_as(value).to(value.dtype),
-        )
-        return None, None, dq, dk, dv, None, None, None, dbias
+            query, key, value, index, mask, bias = ctx.saved_tensors
+            grad_out = grad_out.contiguous()
+            mask = mask if ctx.has_mask else None
+            bias = bias if ctx.has_bias else None
+            dbias = torch.zeros_like(bias) if bias is not None and ctx.needs_input_grad[8] else None
+            mode, scale = ctx.mode, ctx.scale
+            batch, n, num_keys = query.shape[0], query.shape[1], key.shape[1]
+            keys = _flat_rows(key, batch, num_keys, mask is not None)
+            values = _flat_rows(value, batch, num_keys, mask is not None)
+            acc = accumulation_dtype(value.dtype)
+            dq = torch.zeros_like(query, dtype=acc)
+            dk = torch.zeros_like(keys, dtype=acc)
+            dv = torch.zeros_like(values, dtype=acc)
+            for start in range(0, n, ctx.chunk):
+                stop = min(start + ctx.chunk, n)
+                c = _Chunk(
+                    mode, scale, query, keys, values, index, mask, bias, num_keys, start, stop
+                )
+                gy = grad_out[:, start:stop].to(acc)
+                dw = torch.einsum("bnc,bnkc->bnk", gy, c.vg)
+                dv.index_add_(0, c.flat, (c.w.unsqueeze(-1) * gy.unsqueeze(2)).flatten(0, 2))
+                ds = normalise_rows_backward(normaliser(mode), c.w, dw, c.mask)
+                if dbias is not None:
+                    dbias[:, start:stop] = ds
+                draw = edge_logits_backward(mode, scale, ds, c.raw)
+                if mode == "concatenation":
+                    dq[:, start:stop] = draw.sum(-1)
+                    dk.index_add_(0, c.flat, draw.reshape(-1))
+                else:
+                    dq[:, start:stop] = torch.einsum("bnk,bnkc->bnc", draw, c.kg)
+                    dk.index_add_(0, c.flat, (draw.unsqueeze(-1) * c.qc.unsqueeze(2)).flatten(0, 2))
+            if mask is not None:  # drop the padding row
+                dk, dv = dk[:-1], dv[:-1]
+            dq, dk, dv = (
+                dq.to(query.dtype),
+                dk.view_as(key).to(key.dtype),
+                dv.view_as(value).to(value.dtype),
+            )
+            return None, None, dq, dk, dv, None, None, None, dbias
 
 
 def regular_aggregate(
