@@ -103,6 +103,24 @@ def test_cli_bench_forwards_flags(tmp_path):
     assert "| dot_product " in text and "| gaussian " not in text
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(not BENCH.is_file(), reason="needs the source checkout's benchmarks/")
+def test_cli_bench_writes_under_the_working_directory(tmp_path):
+    """Regression: ``nlgraph bench --quick`` without --out, even run from another directory,
+    overwrote the checkout's tracked benchmarks/results/dense.md with a quick run."""
+    tracked = ROOT / "benchmarks" / "results" / "dense.md"
+    before = tracked.read_bytes() if tracked.is_file() else None
+    proc = subprocess.run(
+        [sys.executable, "-m", "nlgraph", "bench", "--quick", "--only", "dot_product"],
+        cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = tmp_path / "nlgraph-bench" / "dense.md"
+    assert "| dot_product " in out.read_text()
+    assert str(out) in proc.stdout
+    assert (tracked.read_bytes() if tracked.is_file() else None) == before
+
+
 CASES = [
     (NonLocalBlock1d, (2, 6, 9)),
     (NonLocalBlock2d, (2, 6, 5, 7)),

@@ -4,7 +4,9 @@
 - ``demo``: the four modes of a 2-D block on a random map, each checked against a float64
   reference and compared with the naive bmm+softmax block (time and peak memory); then the
   same map through the full, k-NN and window graphs (error vs the dense output, time, memory).
-- ``bench``: runs ``benchmarks/dense.py`` from a source checkout (extra flags are passed on).
+- ``bench``: runs ``benchmarks/dense.py`` from a source checkout (extra flags are passed on);
+  the results file goes to ``./nlgraph-bench/dense.md`` unless ``--out`` says otherwise, never
+  over the checkout's ``benchmarks/results/dense.md``.
 """
 
 from __future__ import annotations
@@ -238,8 +240,19 @@ def _bench_script() -> Path:
     return Path(__file__).resolve().parents[2] / "benchmarks" / "dense.py"
 
 
+#: Where ``nlgraph bench`` writes its results without ``--out``: a folder under the current
+#: working directory, never the checkout's tracked ``benchmarks/results/``.
+BENCH_OUT_DIR = "nlgraph-bench"
+
+
 def bench(args: Sequence[str]) -> int:
-    """Run ``benchmarks/dense.py``'s ``main(args)`` from a source checkout, if there is one."""
+    """Run ``benchmarks/dense.py``'s ``main(args)`` from a source checkout, if there is one;
+    without ``--out`` the results go to ``./nlgraph-bench/dense.md``."""
+    args = list(args)
+    if not any(a == "--out" or a.startswith("--out=") for a in args):
+        out = Path.cwd() / BENCH_OUT_DIR / "dense.md"
+        args += ["--out", str(out)]
+        print(f"bench: writing the results to {out}")
     script = _bench_script()
     if not script.is_file():
         print(
@@ -253,7 +266,7 @@ def bench(args: Sequence[str]) -> int:
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
-    return int(module.main(list(args)) or 0)
+    return int(module.main(args) or 0)
 
 
 def _parser() -> argparse.ArgumentParser:
