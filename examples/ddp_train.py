@@ -57,6 +57,10 @@ import nlgraph
 from nlgraph import NonLocalBlock2d
 from nlgraph.graphs import KNN
 
+#: Default results folder, relative to the working directory (never the tracked
+#: examples/results/: regenerate those with ``--out-dir examples/results``).
+OUT_DIR = "nlgraph-results"
+
 #: Square colours (RGB in [0, 1]); two squares of the same colour make a positive image.
 PALETTE: tuple[tuple[float, float, float], ...] = (
     (0.9, 0.1, 0.1),
@@ -320,7 +324,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--device", choices=DEVICES, default="auto")
     p.add_argument("--threads", type=int, default=None, help="torch threads per process")
     p.add_argument("--save", type=Path, default=None, help="rank 0 writes its state_dict here")
-    p.add_argument("--out-dir", type=Path, default=Path(__file__).resolve().parent / "results")
+    p.add_argument(
+        "--out-dir", type=Path, default=Path(OUT_DIR),
+        help="where the results go (default: ./nlgraph-results under the working directory; the "
+        "repository's examples/results/ were written with --out-dir examples/results)",
+    )  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="print nothing per epoch")
     args = p.parse_args(argv)
     shown = [a for a in argv if not a.startswith("--out-dir")]

@@ -72,6 +72,10 @@ from nlgraph import NonLocalBlock2d
 from nlgraph.graphs import KNN, GraphContext, GraphState, knn_recall
 from nlgraph.graphs.ivf import default_clusters, default_probe
 
+#: Default results folder, relative to the working directory (never the tracked
+#: examples/results/: regenerate those with ``--out-dir examples/results``).
+OUT_DIR = "nlgraph-results"
+
 #: Source colours (RGB in [0, 1]); targets are GREY.
 COLOURS = torch.tensor(
     [[0.9, 0.15, 0.1], [0.1, 0.3, 0.95], [0.1, 0.8, 0.2], [0.95, 0.85, 0.1], [0.7, 0.2, 0.8]]
@@ -652,7 +656,11 @@ def write_report(
 # ----------------------------------------------------------------------------- main
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out-dir", type=Path, default=Path(__file__).resolve().parent / "results")
+    p.add_argument(
+        "--out-dir", type=Path, default=Path(OUT_DIR),
+        help="where the results go (default: ./nlgraph-results under the working directory; the "
+        "repository's examples/results/ were written with --out-dir examples/results)",
+    )  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, default=32, help="image side S (N = S² queries)")
     p.add_argument("--patch", type=int, default=4, help="patch side in pixels")

@@ -14,7 +14,8 @@ over a small CNN, and four per-box classifiers are trained on the same data:
 - ``relation-knn``: the geometric module on each box's 4 nearest boxes (``graph=4``).
 
 Run: ``python examples/relational_detection.py`` (about 3 minutes on a 2-core CPU). It prints a
-table and writes ``examples/results/relational_detection.md`` and ``.png``. Everything is
+table and writes ``<out-dir>/relational_detection.md`` and ``.png`` (default ``./nlgraph-results``;
+the repository's copy is in ``examples/results/``). Everything is
 generated from fixed seeds; nothing is downloaded.
 """
 
@@ -33,6 +34,10 @@ from torch import Tensor, nn
 
 from nlgraph.nn import ObjectRelation
 from nlgraph.nodes import roi_features
+
+#: Default results folder, relative to the working directory (never the tracked
+#: examples/results/: regenerate those with ``--out-dir examples/results``).
+OUT_DIR = "nlgraph-results"
 
 COLOURS = torch.tensor([[0.9, 0.15, 0.1], [0.1, 0.3, 0.95], [0.1, 0.8, 0.2]])  # red, blue, green
 GREY = torch.tensor([0.6, 0.6, 0.6])
@@ -272,7 +277,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--models", nargs="+", default=MODELS, choices=MODELS)
-    parser.add_argument("--out-dir", type=Path, default=Path(__file__).resolve().parent / "results")
+    parser.add_argument(
+        "--out-dir", type=Path, default=Path(OUT_DIR),
+        help="where the results go (default: ./nlgraph-results under the working directory; the "
+        "repository's examples/results/ were written with --out-dir examples/results)",
+    )  # fmt: skip
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)

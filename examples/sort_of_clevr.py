@@ -87,6 +87,10 @@ from nlgraph import NonLocalBlock2d
 from nlgraph.graphs import KNN
 from nlgraph.nn import ObjectRelation, RelationNetwork
 
+#: Default results folder, relative to the working directory (never the tracked
+#: examples/results/: regenerate those with ``--out-dir examples/results``).
+OUT_DIR = "nlgraph-results"
+
 #: Object colours (RGB in [0, 1]); one object of each colour per scene.
 COLOURS: tuple[tuple[str, tuple[float, float, float]], ...] = (
     ("red", (0.90, 0.10, 0.10)),
@@ -794,7 +798,11 @@ def answerer_name(args: argparse.Namespace) -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--out-dir", type=Path, default=Path(__file__).resolve().parent / "results")
+    p.add_argument(
+        "--out-dir", type=Path, default=Path(OUT_DIR),
+        help="where the results go (default: ./nlgraph-results under the working directory; the "
+        "repository's examples/results/ were written with --out-dir examples/results)",
+    )  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, default=64, help="canvas side S in pixels")
     p.add_argument("--radius", type=int, default=4, help="half-width of an object in pixels")

@@ -55,3 +55,16 @@ def test_knn_graphs_quick_reports_every_row(tmp_path: Path) -> None:
     assert "| exact | - | 100% | 100.0% |" in md  # the search-quality table
     assert md.count("| 100% | 100.0% |") == 2  # probing every list is exact
     assert (tmp_path / "knn_graphs.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
+def test_results_default_to_the_working_directory(path: Path) -> None:
+    """An example's default --out-dir is a folder under the working directory, never the
+    repository's tracked examples/results/ (those are regenerated with --out-dir explicitly)."""
+    module = runpy.run_path(str(path), run_name="example")
+    if "OUT_DIR" not in module:
+        assert module.get("SMOKE_ARGS") is None, f"{path.name} writes results but has no OUT_DIR"
+        return
+    out = Path(module["OUT_DIR"])
+    assert not out.is_absolute()
+    assert "examples" not in out.parts and out.resolve() != path.parent / "results"
