@@ -108,6 +108,21 @@ def check_has_data(name: str, t: Tensor) -> Tensor:
     return t
 
 
+def check_finite_rows(name: str, t: Tensor, purpose: str = "") -> Tensor:
+    """``ValueError`` quoting the first row of the 2-D ``t`` with a NaN or infinite entry
+    (``purpose``, e.g. ``" for the grid search"``, follows "finite coordinates"). One host read:
+    for the point searches, which read sizes on the host anyway."""
+    if t.numel():
+        finite = torch.isfinite(t).all(1)
+        if not bool(finite.all()):
+            bad = int(torch.nonzero(~finite)[0])
+            raise ValueError(
+                f"{name}: expected finite coordinates{purpose}, got row {bad} "
+                f"{tuple(t[bad].tolist())}"
+            )
+    return t
+
+
 def check_float_tensor(name: str, t: Any) -> Tensor:
     """Raise ``TypeError`` unless ``t`` is a floating-point tensor (``ValueError`` for a meta
     tensor, :func:`check_has_data`)."""

@@ -73,7 +73,7 @@ import math
 import torch
 from torch import Tensor
 
-from .._validate import describe
+from .._validate import check_finite_rows, describe
 
 __all__ = [
     "ALPHA",
@@ -726,13 +726,7 @@ def search_grid(
                 f"{name}: expected a (num_points, F) tensor with 1 <= F <= "
                 f"{GRID_MAX_FEATURES} for the grid search, got {describe(t)}"
             )
-        finite = torch.isfinite(t).all(1)
-        if not bool(finite.all()):
-            bad = int(torch.nonzero(~finite)[0])
-            raise ValueError(
-                f"{name}: expected finite coordinates for the grid search, got row {bad} "
-                f"{tuple(t[bad].tolist())}"
-            )
+        check_finite_rows(name, t, " for the grid search")
         if y is x:
             break
     if exclude_self and (y is not x or ptr_y != ptr_x):

@@ -56,7 +56,14 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from .._validate import check_bool, check_choice, check_float_tensor, check_positive_int, describe
+from .._validate import (
+    check_bool,
+    check_choice,
+    check_finite_rows,
+    check_float_tensor,
+    check_positive_int,
+    describe,
+)
 from ._topk import topk_tie_low
 from .grid_knn import GRID_MAX_FEATURES, search_grid
 from .ivf import check_ivf_options, search_points
@@ -95,15 +102,7 @@ def _check_points(name: str, t: object) -> Tensor:
             f"{name}: expected a 1-D (num_points,) or 2-D (num_points, features) tensor, "
             f"got {describe(t)}"
         )
-    if t.numel():
-        finite = torch.isfinite(t).all(1)
-        if not bool(finite.all()):
-            bad = int(torch.nonzero(~finite)[0])
-            raise ValueError(
-                f"{name}: expected finite coordinates (a NaN or infinite point has no "
-                f"neighbours), got row {bad} {tuple(t[bad].tolist())}"
-            )
-    return t
+    return check_finite_rows(name, t, " (a NaN or infinite point has no neighbours)")
 
 
 def _ptr(name: str, batch: Tensor | None, n: int, x: Tensor) -> Tensor | None:
