@@ -9,9 +9,6 @@ or allocator state hit all methods alike) and writes ``benchmarks/results/<area>
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
-import platform
 import shlex
 import statistics
 import sys
@@ -20,16 +17,11 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
-import nlgraph
-from nlgraph._measure import format_bytes, format_seconds
+from nlgraph._measure import allocator_settings, format_bytes, format_seconds, machine_info
+from nlgraph._measure import load_average as load_average  # used as _common.load_average
 from nlgraph.pairwise import MODES
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-
-#: glibc settings that keep large tensors on the heap (see docs/performance-notes.md).
-RECOMMENDED_ALLOCATOR = "MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=1099511627776"
 
 
 def make_parser(area: str, description: str) -> argparse.ArgumentParser:
@@ -54,52 +46,6 @@ def make_parser(area: str, description: str) -> argparse.ArgumentParser:
         help=f"markdown results file (default: benchmarks/results/{area}.md)",
     )
     return parser
-
-
-def cpu_model() -> str:
-    """The CPU model name from /proc/cpuinfo (or :func:`platform.processor` elsewhere)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
-
-
-def allocator_settings() -> dict[str, str]:
-    """The glibc ``MALLOC_*`` variables and ``LD_PRELOAD`` (tcmalloc, jemalloc) in effect."""
-    keys = sorted(k for k in os.environ if k.startswith("MALLOC_"))
-    found = {k: os.environ[k] for k in keys}
-    if os.environ.get("LD_PRELOAD"):
-        found["LD_PRELOAD"] = os.environ["LD_PRELOAD"]
-    return found
-
-
-def load_average() -> str:
-    """The 1-minute load average (other work on the cores skews every timing), or ``n/a``."""
-    try:
-        return f"{os.getloadavg()[0]:.2f}"
-    except OSError:
-        return "n/a"
-
-
-def machine_info() -> dict[str, str]:
-    """What the results depend on: CPU, cores and threads, versions, allocator, date."""
-    alloc = allocator_settings()
-    alloc_text = " ".join(f"{k}={v}" for k, v in alloc.items()) or (
-        f"glibc defaults (none set; recommended: {RECOMMENDED_ALLOCATOR})"
-    )
-    return {
-        "CPU": cpu_model(),
-        "cores": f"{os.cpu_count()} logical, torch threads {torch.get_num_threads()}",
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "nlgraph": nlgraph.__version__,
-        "allocator": alloc_text,
-        "load average (1 min) at start": load_average(),
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-    }
 
 
 def interleaved_medians(

@@ -12,7 +12,15 @@ from pathlib import Path
 
 import pytest
 
-EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.py"))
+EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "examples"
+#: The example scripts; ``_*.py`` are helpers they share (``_example_utils.py``).
+EXAMPLES = sorted(p for p in EXAMPLES_DIR.glob("*.py") if not p.name.startswith("_"))
+
+
+@pytest.fixture(autouse=True)
+def _examples_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``python examples/x.py`` puts examples/ on sys.path; runpy does not."""
+    monkeypatch.syspath_prepend(str(EXAMPLES_DIR))
 
 
 def test_there_are_examples() -> None:

@@ -13,19 +13,27 @@ comes from :func:`torch.cuda.max_memory_allocated`.
 
 from __future__ import annotations
 
+import datetime
 import os
+import platform
 import statistics
 import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
 __all__ = [
+    "RECOMMENDED_ALLOCATOR",
     "MemoryStats",
+    "allocator_settings",
+    "cpu_model",
+    "load_average",
+    "machine_info",
     "format_bytes",
     "format_seconds",
     "median_time",
@@ -218,3 +226,59 @@ def format_bytes(nbytes: int | None) -> str:
         if value < 1024 or unit == "GiB":
             break
     return f"{value:.0f} {unit}" if value >= 99.95 else f"{value:.3g} {unit}"
+
+
+#: glibc settings that keep large tensors on the heap (see docs/performance.md).
+RECOMMENDED_ALLOCATOR = "MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=1099511627776"
+
+
+def _nlgraph_version() -> str:
+    from nlgraph import __version__
+
+    return __version__
+
+
+def cpu_model() -> str:
+    """The CPU model name from /proc/cpuinfo (or :func:`platform.processor` elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def allocator_settings() -> dict[str, str]:
+    """The glibc ``MALLOC_*`` variables and ``LD_PRELOAD`` (tcmalloc, jemalloc) in effect."""
+    keys = sorted(k for k in os.environ if k.startswith("MALLOC_"))
+    found = {k: os.environ[k] for k in keys}
+    if os.environ.get("LD_PRELOAD"):
+        found["LD_PRELOAD"] = os.environ["LD_PRELOAD"]
+    return found
+
+
+def load_average() -> str:
+    """The 1-minute load average (other work on the cores skews every timing), or ``n/a``."""
+    try:
+        return f"{os.getloadavg()[0]:.2f}"
+    except OSError:
+        return "n/a"
+
+
+def machine_info() -> dict[str, str]:
+    """What the results depend on: CPU, cores and threads, versions, allocator, date."""
+    alloc = allocator_settings()
+    alloc_text = " ".join(f"{k}={v}" for k, v in alloc.items()) or (
+        f"glibc defaults (none set; recommended: {RECOMMENDED_ALLOCATOR})"
+    )
+    return {
+        "CPU": cpu_model(),
+        "cores": f"{os.cpu_count()} logical, torch threads {torch.get_num_threads()}",
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "nlgraph": _nlgraph_version(),
+        "allocator": alloc_text,
+        "load average (1 min) at start": load_average(),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
