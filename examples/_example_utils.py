@@ -86,8 +86,14 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_lines(script: str, argv: Sequence[str] | None, seeds: int, wall_s: float) -> list[str]:
-    """Markdown bullet lines: command, seeds, machine and versions, allocator, wall time."""
+def run_lines(
+    script: str, argv: Sequence[str] | None, seeds: int | Sequence[int], wall_s: float
+) -> list[str]:
+    """Markdown bullet lines: command, seeds, machine and versions, allocator, wall time.
+
+    ``seeds``: the number of seeds (0 to seeds - 1) or the seeds themselves.
+    """
+    seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
     args = list(sys.argv[1:] if argv is None else argv)
     info = machine_info()
     allocator = info["allocator"]
@@ -95,7 +101,7 @@ def run_lines(script: str, argv: Sequence[str] | None, seeds: int, wall_s: float
     command = f"{prefix}python examples/{script} {shlex.join(args)}".rstrip()
     return [
         f"- command: `{command}`",
-        f"- seeds: {', '.join(str(s) for s in range(seeds))} (model init and batch order)",
+        f"- seeds: {', '.join(str(s) for s in seed_list)} (model init and batch order)",
         f"- machine: {info['CPU']}, {info['cores']}; Python {info['python']}, "
         f"torch {info['torch']}, nlgraph {info['nlgraph']}",
         f"- allocator: {allocator}",
