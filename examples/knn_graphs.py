@@ -42,10 +42,12 @@ Run::
 
     MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=1099511627776 python examples/knn_graphs.py --threads 1
 
-About 16 minutes on a 2-core CPU (950 s measured: 18 trainings of 940 steps each). ``--threads 1``: on a shared
-2-core machine, two intra-op threads per process competing with other processes made every
-step several times slower (the miniature run: 60 s with 2 threads, 5 s with 1, measured here);
-one thread keeps the step times comparable between rows. It prints the table and writes ``<out-dir>/knn_graphs.md`` and ``<out-dir>/knn_graphs.png``
+Runtime: about 16 minutes with ``--threads 1`` on a 2-core CPU (950 s measured: 18 trainings
+of 940 steps each). ``--threads 1``: on a shared 2-core machine, two intra-op threads per
+process competing with other processes made every step several times slower (the miniature
+run: 60 s with 2 threads, 5 s with 1, measured here); one thread keeps the step times
+comparable between rows. It prints the table and writes ``<out-dir>/knn_graphs.md`` and
+``<out-dir>/knn_graphs.png``
 (accuracy and step time vs T; training curves). Everything is generated from fixed seeds;
 nothing is downloaded. ``SMOKE_ARGS`` (``--quick``) is a run of a few seconds over every row
 (the example test runs it).

@@ -13,21 +13,26 @@ over a small CNN, and four per-box classifiers are trained on the same data:
   the markers' colours but not which one is nearest);
 - ``relation-knn``: the geometric module on each box's 4 nearest boxes (``graph=4``).
 
-Run: ``python examples/relational_detection.py`` (about 3 minutes on a 2-core CPU). It prints a
-table and writes ``<out-dir>/relational_detection.md`` and ``.png`` (default ``./nlgraph-results``;
-the repository's copy is in ``examples/results/``). Everything is
-generated from fixed seeds; nothing is downloaded.
+Every model trains on ``--seeds`` seeds (model init and batch order; the scenes are the same),
+reported as mean ± std. Run::
+
+    MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=1099511627776 python examples/relational_detection.py --threads 1
+
+Runtime: about 10 minutes with ``--threads 1`` on a 2-core CPU (the default: 4 models x 3
+seeds). It prints a table and writes ``<out-dir>/relational_detection.md`` and ``.png``
+(default ``./nlgraph-results``; the repository's copy is in ``examples/results/``, written with
+``--out-dir examples/results``). ``--quick`` runs ``SMOKE_ARGS``, a run of seconds (the example
+test runs it). Everything is generated from fixed seeds; nothing is downloaded.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 
+import _example_utils as eu
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -37,13 +42,25 @@ from nlgraph.nodes import roi_features
 
 #: Default results folder, relative to the working directory (never the tracked
 #: examples/results/: regenerate those with ``--out-dir examples/results``).
-OUT_DIR = "nlgraph-results"
+OUT_DIR = eu.OUT_DIR
 
 COLOURS = torch.tensor([[0.9, 0.15, 0.1], [0.1, 0.3, 0.95], [0.1, 0.8, 0.2]])  # red, blue, green
 GREY = torch.tensor([0.6, 0.6, 0.6])
 NAMES = ["red", "blue", "green"]
 MODELS = ["roi", "relation", "relation-no-geometry", "relation-knn"]
-SMOKE_ARGS = ["--train", "16", "--test", "8", "--epochs", "1", "--size", "32", "--quiet"]
+SMOKE_ARGS = [
+    "--train",
+    "16",
+    "--test",
+    "8",
+    "--epochs",
+    "1",
+    "--size",
+    "32",
+    "--quiet",
+    "--seeds",
+    "2",
+]
 
 
 # ----------------------------------------------------------------------------- data
@@ -157,20 +174,23 @@ def evaluate(model: nn.Module, data: list, batch_size: int) -> dict[str, float]:
     return {k: h / max(n, 1) for k, (h, n) in hits.items()}
 
 
-def train(name: str, train_data: list, test_data: list, args: argparse.Namespace) -> dict:
-    from tqdm import tqdm
-
-    torch.manual_seed(args.seed)
+def train(
+    name: str, seed: int, train_data: list, test_data: list, args: argparse.Namespace
+) -> dict:
+    """Train model ``name`` from seed ``seed`` (init and batch order); evaluation after every
+    epoch (excluded from the training time)."""
+    torch.manual_seed(seed)
     model = BoxClassifier(None if name == "roi" else name)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     curve = []
-    start = time.perf_counter()
-    order_rng = torch.Generator().manual_seed(args.seed)
+    seconds = 0.0
+    order_rng = torch.Generator().manual_seed(seed)
     for epoch in range(args.epochs):
+        start = time.perf_counter()
         order = torch.randperm(len(train_data), generator=order_rng).tolist()
         steps = range(0, len(order), args.batch_size)
-        bar = tqdm(steps, desc=f"{name} {epoch + 1}/{args.epochs}", disable=args.quiet or None)
-        for i in bar:
+        desc = f"{name} seed {seed} epoch {epoch + 1}/{args.epochs}"
+        for i in eu.progress(steps, quiet=args.quiet, desc=desc):
             images, boxes, batch, labels, _ = collate(
                 [train_data[j] for j in order[i : i + args.batch_size]]
             )
@@ -178,9 +198,8 @@ def train(name: str, train_data: list, test_data: list, args: argparse.Namespace
             opt.zero_grad()
             loss.backward()
             opt.step()
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+        seconds += time.perf_counter() - start
         curve.append(evaluate(model, test_data, args.batch_size))
-    seconds = time.perf_counter() - start
     return dict(
         model=model, curve=curve, seconds=seconds, final=curve[-1],
         params=sum(p.numel() for p in model.parameters()),
@@ -188,46 +207,65 @@ def train(name: str, train_data: list, test_data: list, args: argparse.Namespace
 
 
 # ----------------------------------------------------------------------------- report
-def write_report(results: dict, args: argparse.Namespace, out_dir: Path, test_data: list) -> None:
+def write_report(
+    results: dict[str, list[dict]],
+    args: argparse.Namespace,
+    test_data: list,
+    argv: list[str],
+    wall_s: float,
+) -> None:
+    """Print the table; write ``relational_detection.md`` and ``.png`` to ``args.out_dir``."""
     rows = [
-        "| model | parameters | marker accuracy (own pixels) | target accuracy (relational) | training time |",
-        "|---|---:|---:|---:|---:|",
+        "| model | parameters | marker accuracy (own pixels) | target accuracy (relational) "
+        "| target, per seed | training time / seed |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
-    for name, r in results.items():
+    for name, runs in results.items():
+        marker = [100 * r["final"]["marker"] for r in runs]
+        target = [100 * r["final"]["target"] for r in runs]
+        seconds = sum(r["seconds"] for r in runs) / len(runs)
         rows.append(
-            f"| {name} | {r['params']:,} | {r['final']['marker']:.1%} | "
-            f"{r['final']['target']:.1%} | {r['seconds']:.0f} s |"
+            f"| `{name}` | {runs[0]['params']:,} | {eu.mean_std(marker)}% | "
+            f"**{eu.mean_std(target)}%** | {', '.join(f'{t:.1f}' for t in target)} | "
+            f"{seconds:.0f} s |"
         )
     table = "\n".join(rows)
     print(table)
     chance = _majority_rate(test_data)
+    base = [100 * r["final"]["target"] for r in results.get("roi", [])]
+    rel = [100 * r["final"]["target"] for r in results.get("relation", [])]
+    verdict = []
+    if base and rel:
+        gap = sum(rel) / len(rel) - sum(base) / len(base)
+        verdict = [
+            f"`relation` vs `roi` on the targets: {gap:+.1f} points (means over seeds "
+            f"{', '.join(str(s) for s in args.seed_list)}).",
+            "",
+        ]
     md = [
         "# Relational box classification (examples/relational_detection.py)",
         "",
         "A target square's class is the colour of its nearest marker disc: its own RoI cannot tell",
-        "it. Ground-truth boxes as proposals; accuracy on the held-out scenes after the last epoch.",
+        "it. Ground-truth boxes as proposals; accuracy on the held-out scenes after the last epoch,",
+        "mean ± std over the seeds (model init and batch order; the scenes are the same).",
         f"Always answering the most common colour scores {chance:.1%} on the targets.",
         "",
         table,
         "",
-        f"- command: `python examples/relational_detection.py {' '.join(args.argv)}`".rstrip() + "",
-        f"- data: {args.train} training / {args.test} test scenes of {args.size}x{args.size} px, "
-        f"{args.epochs} epochs, batch {args.batch_size}, Adam lr {args.lr}, seed {args.seed}",
-        f"- machine: {platform.machine()}, {torch.get_num_threads()} threads, "
-        f"Python {platform.python_version()}, torch {torch.__version__}",
-        f"- allocator: {_allocator()}",
+        *verdict,
+        f"- data: {args.train} training / {args.test} test scenes of {args.size}x{args.size} px "
+        f"(data seeds 0 and 1), {args.epochs} epochs, batch {args.batch_size}, Adam lr {args.lr}; "
+        "training time excludes the per-epoch evaluation",
+        *eu.run_lines("relational_detection.py", argv, args.seed_list, wall_s),
         "",
         "![training curves](relational_detection.png)",
     ]
-    (out_dir / "relational_detection.md").write_text("\n".join(md) + "\n")
-    _plot(results, out_dir / "relational_detection.png", test_data)
-
-
-def _allocator() -> str:
-    """The glibc allocator variables of this run (see docs/performance.md)."""
-    names = ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_")
-    found = [f"{n}={os.environ[n]}" for n in names if n in os.environ]
-    return " ".join(found) or "glibc defaults"
+    (args.out_dir / "relational_detection.md").write_text("\n".join(md) + "\n")
+    _plot(
+        {name: runs[0] for name, runs in results.items()},
+        args.out_dir / "relational_detection.png",
+        test_data,
+    )
 
 
 def _majority_rate(data: list) -> float:
@@ -268,6 +306,7 @@ def _plot(results: dict, path: Path, test_data: list) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Generate the scenes, train every model on every seed, print and write the results."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train", type=int, default=3000, help="training scenes")
     parser.add_argument("--test", type=int, default=500, help="test scenes")
@@ -275,22 +314,29 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="first seed (seeds: seed..seed+N-1)")
     parser.add_argument("--models", nargs="+", default=MODELS, choices=MODELS)
-    parser.add_argument(
-        "--out-dir", type=Path, default=Path(OUT_DIR),
-        help="where the results go (default: ./nlgraph-results under the working directory; the "
-        "repository's examples/results/ were written with --out-dir examples/results)",
-    )  # fmt: skip
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    eu.add_common_args(parser)
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
-    args.argv = [a for a in argv if not a.startswith("--out-dir")]
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    train_data = make_dataset(args.train, args.size, args.seed)
-    test_data = make_dataset(args.test, args.size, args.seed + 1)
-    results = {name: train(name, train_data, test_data, args) for name in args.models}
-    write_report(results, args, args.out_dir, test_data)
+    if args.quick:
+        args = parser.parse_args([*SMOKE_ARGS, *(a for a in argv if a != "--quick")])
+    eu.setup(args)
+    args.seed_list = list(range(args.seed, args.seed + args.seeds))
+    t0 = time.perf_counter()
+    train_data = make_dataset(args.train, args.size, 0)
+    test_data = make_dataset(args.test, args.size, 1)
+    results: dict[str, list[dict]] = {}
+    for name in args.models:
+        for seed in args.seed_list:
+            run = train(name, seed, train_data, test_data, args)
+            results.setdefault(name, []).append(run)
+            print(
+                f"{name} seed {seed}: target {run['final']['target']:.1%}, marker "
+                f"{run['final']['marker']:.1%} ({run['seconds']:.0f} s)",
+                flush=True,
+            )
+    write_report(results, args, test_data, argv, time.perf_counter() - t0)
 
 
 if __name__ == "__main__":
