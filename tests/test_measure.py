@@ -11,8 +11,10 @@ import torch
 from nlgraph._measure import (
     MemoryStats,
     _replay,
+    cpu_model,
     format_bytes,
     format_seconds,
+    machine_info,
     median_time,
     memory_stats,
     peak_memory,
@@ -95,6 +97,37 @@ def test_profiler_banners_are_silenced_and_stderr_restored(capfd):
     err = capfd.readouterr().err
     assert "still here" in err
     assert "profiler_start" not in err
+
+
+def test_freeing_memory_from_before_the_call_prints_nothing(capfd):
+    """The allocator's "allocated before the profiling started" warning stays off stderr,
+    and the freed bytes still lower the running sum (nothing counted as a peak)."""
+    held = [_floats(4 * MiB)]
+    stats = memory_stats(lambda: held.pop())
+    assert "before the profiling started" not in capfd.readouterr().err
+    assert stats.peak_bytes == 0
+
+
+def test_python_warnings_inside_the_call_still_surface():
+    def warn() -> None:
+        import warnings
+
+        warnings.warn("from fn", UserWarning, stacklevel=1)
+
+    with pytest.warns(UserWarning, match="from fn"):
+        memory_stats(warn)
+
+
+def test_machine_info_names_what_the_results_depend_on(monkeypatch):
+    monkeypatch.setenv("MALLOC_MMAP_MAX_", "0")
+    info = machine_info()
+    assert info["torch"] == torch.__version__
+    assert "MALLOC_MMAP_MAX_=0" in info["allocator"]
+    assert f"torch threads {torch.get_num_threads()}" in info["cores"]
+    assert info["CPU"] == cpu_model() and info["CPU"]
+    monkeypatch.delenv("MALLOC_MMAP_MAX_")
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+    assert "none set" in machine_info()["allocator"]
 
 
 def test_median_time_counts_calls_and_returns_the_median():

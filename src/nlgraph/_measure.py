@@ -19,6 +19,7 @@ import platform
 import statistics
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -152,12 +153,19 @@ def memory_stats(fn: Callable[[], Any], *, device: torch.device | str = "cpu") -
     prof = profile(activities=activities, profile_memory=True)
     with _quiet_stderr():
         prof.__enter__()
+    # fd 2 stays silenced during the call too: freeing a tensor allocated before the profiler
+    # started makes the C++ allocator warn ("Memory block of unknown size ..."). Python warnings
+    # raised by ``fn`` are recorded and re-issued once stderr is back.
     try:
-        fn()
-        _synchronize(device)
+        with warnings.catch_warnings(record=True) as caught, _quiet_stderr():
+            warnings.simplefilter("always")
+            fn()
+            _synchronize(device)
     finally:
         with _quiet_stderr():
             prof.__exit__(None, None, None)
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     wanted = device.type.upper()
     events = []
     # kineto's events carry nbytes() at run time; torch's stubs do not declare it.
