@@ -39,9 +39,8 @@ Run::
     python examples/captioning.py --threads 1    # full run: 5 models x 3 seeds
     python examples/captioning.py --quick        # seconds (the smoke test)
 
-Runtime: about 12 minutes with --threads 1 on a 2-core CPU (wall time of the recorded run, on a
-machine shared with other jobs, load average about 5; the process used 5.4 minutes of CPU
-time, about what it takes on an idle core). It prints a table and writes
+Runtime: about 5 minutes with --threads 1 on a 2-core CPU (274 s measured, with one other job
+on the machine). It prints a table and writes
 ``<out-dir>/captioning.md`` and ``captioning.png`` (default ``./nlgraph-results``; the
 repository's copy, ``examples/results/``, was written with ``--out-dir examples/results``).
 Everything is generated from fixed seeds; nothing is downloaded.

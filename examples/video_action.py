@@ -32,7 +32,7 @@ Models (the same network, ``--models`` picks a subset):
   only within frames 0-3 or 4-7 (36 keys; the Caffe2/SlowFast temporal groups).
 
 Run: ``python examples/video_action.py --threads 1`` (3 seeds of the 4 models).
-Runtime: about 12 minutes with --threads 1 on a 2-core CPU. It prints a table and writes
+Runtime: about 8 minutes with --threads 1 on a 2-core CPU. It prints a table and writes
 ``<out-dir>/video_action.md`` and ``.png`` (default ``./nlgraph-results``; the repository's copy
 is in ``examples/results/``, the experiment's page is ``docs/video_action.md``). ``--quick`` is
 a run of seconds. Everything is generated from fixed seeds; nothing is downloaded.
