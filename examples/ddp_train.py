@@ -330,7 +330,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "repository's examples/results/ were written with --out-dir examples/results)",
     )  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="print nothing per epoch")
+    p.add_argument("--quick", action="store_true", help="the miniature run (SMOKE_ARGS), seconds")
     args = p.parse_args(argv)
+    if args.quick:
+        argv = [*SMOKE_ARGS, *(a for a in argv if a != "--quick")]
+        args = p.parse_args(argv)
     shown = [a for a in argv if not a.startswith("--out-dir")]
     for i, a in enumerate(argv):  # the command without --out-dir's value (a test's tmp folder)
         if a == "--out-dir" and i + 1 < len(argv):

@@ -76,3 +76,18 @@ def test_results_default_to_the_working_directory(path: Path) -> None:
     out = Path(module["OUT_DIR"])
     assert not out.is_absolute()
     assert "examples" not in out.parts and out.resolve() != path.parent / "results"
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
+def test_training_examples_share_the_flags(path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Every training example (one with ``SMOKE_ARGS``) has ``--help``, ``--quick`` (the
+    miniature run) and ``--out-dir``."""
+    module = runpy.run_path(str(path), run_name="example")
+    if module.get("SMOKE_ARGS") is None:
+        return
+    with pytest.raises(SystemExit) as exit_info:
+        module["main"](["--help"])
+    assert exit_info.value.code == 0
+    usage = capsys.readouterr().out
+    for flag in ("--quick", "--out-dir"):
+        assert flag in usage, f"{path.name} --help lacks {flag}"
