@@ -44,8 +44,8 @@ Run::
     MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=1099511627776 \
         python examples/point_cloud.py --threads 1 --out-dir examples/results
 
-Runtime: about 10 minutes with ``--threads 1`` on a 2-core CPU (the default run: five models,
-three seeds; 606 s measured on a 2-core CPU shared with other jobs, load average 3-6). It
+Runtime: about 7 minutes with ``--threads 1`` on a 2-core CPU (the default run: five models,
+three seeds; 415 s measured with one other job on the machine). It
 prints a table and writes ``<out-dir>/point_cloud.md`` and ``<out-dir>/point_cloud.png``
 (training curves, recall per class, and the attention weights of a
 few query points of the ``NonLocalConv`` layers, from ``return_attention_weights=True``); the
