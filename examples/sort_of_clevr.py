@@ -15,9 +15,10 @@ relational accuracy 63% for a CNN + MLP and 94% for the same CNN with a relation
 non-relational questions are easy for both.
 
 This script generates the scenes (numpy drawing, no download; a square is a (2r + 1)² block, a
-circle a disc of radius r - 0.5 inside it, see :func:`generate`) and trains up to eight models on
-them. Models (a) - (f) share one conv stack (four 3x3 convs, three of stride 2: an (S/8)² grid
-of cells); the relation networks (g), (h) use the paper's (four of stride 2: (S/16)² cells):
+circle a disc of radius r - 0.5 inside it, see :func:`generate`) and trains up to ten models on
+them. Models (a) - (f), (i) and (j) share one conv stack (four 3x3 convs, three of stride 2: an
+(S/8)² grid of cells); the relation networks (g), (h) use the paper's (four of stride 2: (S/16)²
+cells):
 
 (a) ``cnn_mlp``: the paper's baseline: the conv features flattened, concatenated with the
     question, an MLP;
@@ -34,11 +35,19 @@ of cells); the relation networks (g), (h) use the paper's (four of stride 2: (S/
 (g) ``rn_full``: the paper's relation network (:class:`RNQA`, :class:`nlgraph.nn.RelationNetwork`):
     the cells with their (x, y) as objects, a pair MLP g conditioned on the question, summed
     over all ordered pairs, then an MLP f;
-(h) ``rn_knn``: (g) over the k-NN graph of the cells in (feature, position) space.
+(h) ``rn_knn``: (g) over the k-NN graph of the cells in (feature, position) space;
+(i) ``nl_question``: question-conditioned non-local reasoning (:class:`QuestionNL`), two hops
+    of :func:`nlgraph.ops.nonlocal_aggregate`: the object of each colour is found among the
+    cells (embedded Gaussian from the question "shape of <colour>?"), then a node for the
+    queried object X and the question aggregates over the other objects with softmax heads
+    biased by the position relative to X (``edge_bias``: closest, furthest) and a dot-product
+    head (C = N: counting);
+(j) ``nl_objects_rn``: the relation network (g) over the six objects that (i)'s first hop finds
+    instead of over the cells (:class:`ObjectRN`).
 
-The default run trains (a), (g) and (h) (``DEFAULT_MODELS``), (a) and (g) on ``--seeds`` seeds
-(mean ± std), (h) on one (``--single-seed``); ``--models`` picks others (the results of
-(b) - (f) from the previous default run are quoted in ``examples/results/sort_of_clevr.md``).
+The default run trains (a), (g), (h) and (i) (``DEFAULT_MODELS``), all but (h) on ``--seeds``
+seeds (mean ± std), (h) on one (``--single-seed``); ``--models`` picks others (the results of
+(b) - (f) from an earlier default run are quoted in ``examples/results/sort_of_clevr.md``).
 Training: Adam with a one-cycle schedule, batches of 8 images, and a curriculum: the first
 ``--warmup-epochs`` train on the non-relational questions only. Without it the models with a
 path between cells (c - f) first learn the answer priors of the relational questions from global
@@ -52,17 +61,17 @@ them per image and step.
 The conv stack and the blocks run once per image; only the read-out and the head run once per
 (image, question) pair, so every step trains on all 36 questions of each image. It prints and
 writes ``<out-dir>/sort_of_clevr.md`` (parameters, test accuracy per question type, training
-time, machine, whether the relation networks met the target) and
-``<out-dir>/sort_of_clevr.png`` (training curves; test scenes answered by the first relation
-network, with the attention of the queried object's cell when ``nonlocal_dense`` is trained).
+time, machine, whether the relational models met the target) and
+``<out-dir>/sort_of_clevr.png`` (training curves; test scenes answered by ``nl_question``, with
+where its first hop finds the queried object; else by the first relation network).
 
 Run::
 
     MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=1099511627776 python examples/sort_of_clevr.py --threads 1
 
-Runtime: about 11.5 minutes (687 s measured, 640 s of it training) with ``--threads 1`` on a
-shared 2-core CPU with the default arguments (``cnn_mlp`` and ``rn_full`` on 3 seeds, ``rn_knn``
-on 1); pass ``--seeds 1`` / ``--rn-epochs`` / ``--train-images`` to shorten it. ``--quick``
+Runtime: about 12 minutes with ``--threads 1`` on a 2-core CPU with the default arguments
+(``cnn_mlp``, ``rn_full`` and ``nl_question`` on 3 seeds, ``rn_knn`` on 1); pass ``--seeds 1`` /
+``--epochs`` / ``--rn-epochs`` / ``--train-images`` to shorten it. ``--quick``
 runs ``SMOKE_ARGS``, a run of seconds that exercises every model and code path (the example
 test runs it).
 """
@@ -70,6 +79,7 @@ test runs it).
 from __future__ import annotations
 
 import argparse
+import math
 import platform
 import sys
 import time
@@ -86,6 +96,8 @@ import nlgraph
 from nlgraph import NonLocalBlock2d
 from nlgraph.graphs import KNN
 from nlgraph.nn import ObjectRelation, RelationNetwork
+from nlgraph.ops import nonlocal_aggregate
+from nlgraph.pairwise import Pairwise
 
 #: Default results folder, relative to the working directory (never the tracked
 #: examples/results/: regenerate those with ``--out-dir examples/results``).
@@ -116,10 +128,10 @@ NUM_QUESTIONS = NUM_COLOURS * len(QUESTION_TYPES)  # every question about every 
 QUESTION_DIM = NUM_COLOURS + 2 + 3
 MODELS: tuple[str, ...] = (
     "cnn_mlp", "cnn_readout", "nonlocal_dense", "nonlocal_knn", "relation_dense", "relation_knn",
-    "rn_full", "rn_knn",
+    "rn_full", "rn_knn", "nl_question", "nl_objects_rn",
 )  # fmt: skip
 #: The models of the default run: the baseline and the relation networks.
-DEFAULT_MODELS: tuple[str, ...] = ("cnn_mlp", "rn_full", "rn_knn")
+DEFAULT_MODELS: tuple[str, ...] = ("cnn_mlp", "rn_full", "rn_knn", "nl_question")
 #: Scale of the question read-out's logits: with the default init, q·k is small and the
 #: attention starts uniform; x5 makes it sharp enough that localising the queried object is
 #: learnt within the first half of the default run (measured on ``cnn_readout``, batches of 16,
@@ -144,7 +156,7 @@ SMOKE_ARGS: list[str] = [
     "--hidden", "16", "--knn", "4", "--examples", "2", "--models", *MODELS,
     "--rn-epochs", "2", "--rn-hidden", "16", "--g-layers", "2", "--rn-knn", "2",
     "--rn-questions", "4", "--rn-batch-images", "16", "--rn-eval-every", "2",
-    "--rn-warmup-epochs", "1", "--seeds", "2", "--single-seed", *MODELS[1:-2], "rn_knn",
+    "--rn-warmup-epochs", "1", "--seeds", "2", "--single-seed", *MODELS[1:6], "rn_knn",
 ]  # fmt: skip
 
 
@@ -448,6 +460,167 @@ class RelationQA(NonLocalQA):
         return (logits, []) if return_attention else logits
 
 
+#: Relative-position features γ(d) of :class:`QuestionNL`'s "which" heads.
+GEO_FEATURES = 4
+#: Logit scale of :class:`QuestionNL`'s first hop (finding the objects). Finding them is a
+#: plateau escape: with ``--nlq-scale`` 5 seed 0 and with 1 seed 1 stayed on the answer priors
+#: in 16 epochs; with 2 all of seeds 0-2 found the objects by epoch 6 (measured, 1 thread).
+NLQ_SCALE = 2.0
+
+
+class QuestionNL(NonLocalQA):
+    r"""Model ``nl_question``: question-conditioned non-local reasoning in two hops, both
+    :func:`nlgraph.ops.nonlocal_aggregate` (the cells of :class:`NonLocalQA`: conv features
+    with their centres :math:`p_i \in [-1, 1]^2`).
+
+    Hop 1 (find the objects): the question "shape of c?" about each colour c queries the cells
+    of the image (embedded Gaussian, 6 query nodes over the N cells, once per image):
+
+    .. math::
+        \alpha_{ci} = \mathrm{softmax}_i\big(s\,(U q_c) \cdot (K x_i)\big), \quad
+        o_c = \sum_i \alpha_{ci}\, V x_i, \quad p_c = \sum_i \alpha_{ci}\, p_i;
+
+    the queried object X of a question is the node of the question's colour. (A separate read-out
+    per question, from the whole question vector, failed to learn the shape of X on one seed of
+    three: the shared nodes get the gradient of every question about their colour.)
+
+    Hop 2 (relate the queried object X to the others), per question, from the node
+    :math:`u = \mathrm{ReLU}(W [o_X; p_X; q])` over the object nodes, with the two
+    normalisations of the non-local paper:
+
+    - *which* (softmax): ``heads`` embedded-Gaussian heads over the other five objects (the
+      self edge dropped by an ``edge_bias`` of -inf) whose logits add a bias conditioned on the
+      question, :math:`\beta_{j} = s\,(G u) \cdot \gamma(p_j - p_X)` with
+      :math:`\gamma(d) = (d_x, d_y, |d|, |d|^2)` (``edge_bias``): a head can pick the object
+      nearest to X ("closest") or furthest from it ("furthest");
+    - *how many* (dot product, C = 6): :math:`c = \frac16 \sum_j (A u \cdot B o_j)\, V' o_j`,
+      a sum over the objects that counts what matches X ("count same shape").
+
+    The answer is :math:`\mathrm{MLP}([o_X; p_X; m; c], q)` with m the heads' outputs.
+    ``forward(..., return_attention=True)`` also returns hop 1's
+    :class:`~nlgraph.Attention` (B, 6, N): where each colour's object was found.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        width: int,
+        hidden: int,
+        heads: int = 2,
+        locate_scale: float = NLQ_SCALE,
+    ) -> None:
+        super().__init__(channels, width, hidden, blocks=0)
+        del self.inp_coords  # see cells()
+        self.heads = heads
+        obj = width + 2  # an object node: its feature and its centre
+        self.node = nn.Linear(obj + QUESTION_DIM, width)
+        self.which_q = nn.Linear(width, heads * width)
+        self.which_k = nn.Linear(obj, heads * width)
+        self.which_v = nn.Linear(obj, heads * width)
+        self.which_geo = nn.Linear(width, heads * GEO_FEATURES)
+        self.count_q = nn.Linear(width, width)
+        self.count_k = nn.Linear(obj, width)
+        self.count_v = nn.Linear(obj, width)
+        self.head = MLPHead(obj + (1 + heads) * width, hidden)
+        self.locate = Pairwise("embedded_gaussian", scale=locate_scale)
+        self.which = Pairwise("embedded_gaussian", scale=1 / math.sqrt(width))
+        # The object queries: the questions "shape of colour c?" (rows 0-5).
+        self.register_buffer("object_questions", question_vectors()[:NUM_COLOURS], persistent=False)
+
+    def cells(self, images: Tensor) -> Tensor:
+        """Cell features *without* the CoordConv channels: (B, 3, S, S) → (B, D, h, w).
+
+        Hop 1 adds each cell's centre to the values explicitly; in the keys, coordinate
+        channels made the random initial attention of every question peak on the same border
+        cells, whatever their colour, and localisation then failed on some seeds.
+        """
+        return F.relu(self.inp(self.cnn(images)))
+
+    def locate_objects(self, images: Tensor) -> tuple[Tensor, nlgraph.Attention]:
+        """Hop 1: the object nodes [o_c; p_c] (B, 6, D + 2) of every image and the attention
+        of their queries over the cells (B, 6, N)."""
+        x = self.cells(images)  # (B, D, h, w)
+        b, d, h, w = x.shape
+        ys = torch.linspace(-1, 1, h, device=x.device, dtype=x.dtype)
+        xs = torch.linspace(-1, 1, w, device=x.device, dtype=x.dtype)
+        py, px = torch.meshgrid(ys, xs, indexing="ij")
+        pos = torch.stack([px, py], -1).reshape(1, h * w, 2).expand(b, -1, -1)
+        key = self.key(x).flatten(2).transpose(1, 2)  # (B, N, D)
+        value = torch.cat([self.value(x).flatten(2).transpose(1, 2), pos], 2)
+        queries = self.query(self.object_questions.to(x.dtype)).expand(b, -1, -1)
+        out = nonlocal_aggregate(queries, key, value, self.locate, return_attention=True)
+        return out  # type: ignore[return-value]
+
+    def forward(  # type: ignore[override]
+        self, images: Tensor, questions: Tensor, image_index: Tensor, return_attention: bool = False
+    ) -> Tensor | tuple[Tensor, list[nlgraph.Attention]]:
+        objects, attn = self.locate_objects(images)
+        objects = objects[image_index]  # (R, 6, D + 2): the objects of each row's image
+        r, heads, d = questions.shape[0], self.heads, self.which_q.in_features
+        colour = questions[:, :NUM_COLOURS].argmax(1)
+        target = objects[torch.arange(r, device=objects.device), colour]  # X: (R, D + 2)
+        u = F.relu(self.node(torch.cat([target, questions], 1)))  # the question's node
+        # Hop 2a: "which" heads over the other objects, biased by the position relative to X.
+        rel = objects[..., -2:] - target[:, None, -2:]  # (R, 6, 2)
+        dist2 = (rel**2).sum(-1, keepdim=True)
+        geo = torch.cat([rel, (dist2 + 1e-6).sqrt(), dist2], -1)
+        coef = READOUT_SCALE * self.which_geo(u).view(r, heads, GEO_FEATURES)
+        bias = torch.einsum("rhg,rng->rhn", coef, geo)
+        bias = bias.masked_fill(F.one_hot(colour, NUM_COLOURS).bool()[:, None], float("-inf"))
+        split = (r, NUM_COLOURS, heads, d)
+        which = nonlocal_aggregate(
+            self.which_q(u).view(r * heads, 1, d),
+            self.which_k(objects).view(split).transpose(1, 2).reshape(r * heads, NUM_COLOURS, d),
+            self.which_v(objects).view(split).transpose(1, 2).reshape(r * heads, NUM_COLOURS, d),
+            self.which,
+            edge_bias=bias.reshape(r * heads, 1, NUM_COLOURS),
+        ).view(r, heads * d)
+        # Hop 2b: "how many": dot product, normalised by the number of objects.
+        count = nonlocal_aggregate(
+            self.count_q(u)[:, None], self.count_k(objects), self.count_v(objects), "dot_product"
+        )[:, 0]
+        logits = self.head(torch.cat([target, which, count], 1), questions)
+        return (logits, [attn]) if return_attention else logits
+
+
+class ObjectRN(QuestionNL):
+    r"""Model ``nl_objects_rn``: the relation network over the objects that hop 1 of
+    :class:`QuestionNL` finds, instead of over the cells.
+
+    The six object nodes :math:`[o_c; p_c; e_c]` (feature, soft centre, and the one-hot colour
+    c the node was queried with) go to :class:`nlgraph.nn.RelationNetwork` with the question
+    as the conditioning vector: :math:`f(\sum_{i, j} g(n_i, n_j, q))` over the 36 ordered
+    pairs (the paper's RN on state descriptions, with the objects found in the pixels).
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        width: int,
+        hidden: int,
+        rn_hidden: int,
+        g_layers: int,
+        locate_scale: float = NLQ_SCALE,
+    ) -> None:
+        super().__init__(channels, width, hidden, locate_scale=locate_scale)
+        for name in ("node", "which_q", "which_k", "which_v", "which_geo", "count_q",
+                     "count_k", "count_v", "head"):  # fmt: skip
+            delattr(self, name)
+        self.rn = RelationNetwork(
+            width + 2 + NUM_COLOURS, rn_hidden, len(ANSWERS), cond_channels=QUESTION_DIM,
+            g_layers=g_layers, f_layers=3,
+        )  # fmt: skip
+
+    def forward(  # type: ignore[override]
+        self, images: Tensor, questions: Tensor, image_index: Tensor, return_attention: bool = False
+    ) -> Tensor | tuple[Tensor, list[nlgraph.Attention]]:
+        objects, attn = self.locate_objects(images)
+        ids = torch.eye(NUM_COLOURS, device=objects.device, dtype=objects.dtype)
+        nodes = torch.cat([objects, ids.expand(objects.shape[0], -1, -1)], 2)
+        logits = self.rn(nodes[image_index], questions)
+        return (logits, [attn]) if return_attention else logits
+
+
 class RNQA(nn.Module):
     r"""Models ``rn_full`` and ``rn_knn``: the paper's relation network on CNN cells.
 
@@ -512,6 +685,15 @@ def build_model(name: str, args: argparse.Namespace) -> nn.Module:
     if name.startswith("relation"):
         k = None if name == "relation_dense" else args.knn
         return RelationQA(args.channels, args.width, args.hidden, 4, k)
+    if name == "nl_objects_rn":
+        return ObjectRN(
+            args.channels, args.width, args.hidden, args.rn_hidden, args.g_layers,
+            locate_scale=args.nlq_scale,
+        )  # fmt: skip
+    if name == "nl_question":
+        return QuestionNL(
+            args.channels, args.width, args.hidden, locate_scale=args.nlq_scale,
+        )  # fmt: skip
     if name == "cnn_readout":
         return NonLocalQA(args.channels, args.width, args.hidden, blocks=0)
     graph: str | KNN = "full" if name == "nonlocal_dense" else KNN(args.knn)
@@ -726,7 +908,6 @@ def plot(
     # Relational questions (closest / furthest / count) about one object of each example scene.
     questions = question_vectors()
     answerer.eval()
-    side = -(-args.size // 8)
     for e in range(n_ex):
         scene = e % test_set.images.shape[0]
         qtype = 3 + e % 3
@@ -738,18 +919,11 @@ def plot(
         cx, cy = test_set.centres[scene, colour].tolist()
         ax = fig.add_subplot(grid[1, e])
         ax.imshow(test_set.images[scene].permute(1, 2, 0).numpy())
-        if dense is not None:
-            dense.eval()
-            with torch.no_grad():
-                _, attn = dense(image, questions[q : q + 1], torch.zeros(1, dtype=torch.long),
-                                return_attention=True)  # fmt: skip
-            cell = min(int(cy * side / args.size), side - 1) * side + min(
-                int(cx * side / args.size), side - 1
-            )
-            # Every block's weights from the queried object's cell, averaged over the blocks.
-            weights = torch.stack([a.to_dense()[0, cell] for a in attn]).mean(0)
-            weights = weights.reshape(1, 1, side, side)
-            heat = F.interpolate(weights, size=(args.size, args.size), mode="bilinear")[0, 0]
+        weights = attention_map(dense, image, questions[q : q + 1], colour, (cx, cy), args.size)
+        if weights is not None:
+            side = weights.shape[-1]
+            heat = F.interpolate(weights.reshape(1, 1, side, side), size=(args.size, args.size),
+                                 mode="bilinear")[0, 0]  # fmt: skip
             ax.imshow(heat.numpy(), cmap="magma", alpha=0.55, interpolation="nearest")
         ax.plot([cx], [cy], marker="+", color="cyan", ms=12, mew=2)
         got = ANSWERS[int(logits.argmax())]
@@ -761,7 +935,9 @@ def plot(
         ax.set_xticks([])
         ax.set_yticks([])
     title = "Sort-of-CLEVR: training curves (first seed); answers of " + answerer_name(args)
-    if dense is not None:
+    if isinstance(dense, QuestionNL):
+        title += "; where nl_question's hop 1 finds the queried object (+)"
+    elif dense is not None:
         title += "; attention of the queried object's cell (+) in the dense non-local model"
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
@@ -770,7 +946,7 @@ def plot(
 
 
 def target_verdict(rows: list[dict], args: argparse.Namespace) -> list[str]:
-    """Lines of the results file saying whether each relation network met the target."""
+    """Lines of the results file saying whether each relational model met the target."""
     by_name = {r["name"]: torch.stack(r["acc"]) for r in rows}
     base = by_name.get("cnn_mlp")
     lines = [
@@ -778,7 +954,7 @@ def target_verdict(rows: list[dict], args: argparse.Namespace) -> list[str]:
         "non-relational >= 95%, within 20 minutes of CPU training on a 2-core machine."
     ]
     for name, acc in by_name.items():
-        if not name.startswith("rn_"):
+        if name in ("cnn_mlp", "cnn_readout"):
             continue
         rel, nonrel = 100 * acc[:, 3:].mean().item(), 100 * acc[:, :3].mean().item()
         gap = None if base is None else rel - 100 * base[:, 3:].mean().item()
@@ -791,8 +967,36 @@ def target_verdict(rows: list[dict], args: argparse.Namespace) -> list[str]:
     return lines
 
 
+@torch.no_grad()
+def attention_map(
+    model: nn.Module | None,
+    image: Tensor,
+    question: Tensor,
+    colour: int,
+    centre: tuple[float, float],
+    size: int,
+) -> Tensor | None:
+    """(side, side) attention over the cells for the plot: ``nl_question``'s hop 1 for the
+    queried colour, or a ``nonlocal_dense`` model's weights from the object's cell (averaged
+    over its blocks); ``None`` without a model."""
+    if model is None:
+        return None
+    model.eval()
+    _, attn = model(image, question, torch.zeros(1, dtype=torch.long), return_attention=True)
+    dense = attn[0].to_dense()[0]  # (queries, N)
+    side = math.isqrt(dense.shape[-1])
+    if isinstance(model, QuestionNL):
+        return dense[colour].reshape(side, side)
+    cx, cy = centre
+    cell = min(int(cy * side / size), side - 1) * side + min(int(cx * side / size), side - 1)
+    return torch.stack([a.to_dense()[0, cell] for a in attn]).mean(0).reshape(side, side)
+
+
 def answerer_name(args: argparse.Namespace) -> str:
-    """The model whose answers the plot shows: the first relation network, else the last model."""
+    """The model whose answers the plot shows: ``nl_question``, else the first relation
+    network, else the last model."""
+    if "nl_question" in args.models:
+        return "nl_question"
     return next((m for m in args.models if m.startswith("rn_")), args.models[-1])
 
 
@@ -820,6 +1024,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--hidden", type=int, default=128, help="MLP width")
     p.add_argument("--knn", type=int, default=8, help="k of the k-NN graph model")
     p.add_argument("--blocks", type=int, default=3, help="non-local blocks")
+    p.add_argument("--nlq-scale", type=float, default=NLQ_SCALE,
+                   help="logit scale of nl_question's hop 1")  # fmt: skip
     p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), choices=MODELS)
     p.add_argument(
         "--seeds",
@@ -930,6 +1136,18 @@ def main(argv: list[str] | None = None) -> None:
         f"(self-pairs included), f {args.rn_hidden}-{args.rn_hidden}-10.",
         "rn_knn": f"the same over `KNN({args.rn_knn}, metric='l2')`: the {args.rn_knn} nearest "
         "cells of each cell in (feature, position) space.",
+        "nl_objects_rn": f"`nlgraph.nn.RelationNetwork` (g {args.g_layers} x {args.rn_hidden}, "
+        f"f {args.rn_hidden}-{args.rn_hidden}-10, the question as the conditioning vector) over the six objects that hop 1 of `nl_question` finds "
+        "(feature, soft centre, one-hot colour of the query), i.e. over 36 object pairs "
+        "instead of 256 cell pairs.",
+        "nl_question": "question-conditioned non-local reasoning (`QuestionNL`), two hops of "
+        "`nlgraph.ops.nonlocal_aggregate` over the cells of the baseline's conv stack (without "
+        "coordinate channels): hop 1 (embedded Gaussian) finds the object of each colour, "
+        'queried by "shape of <colour>?" (feature and soft centre), X being the object of '
+        "the question's colour; hop 2 aggregates from a node for (X, question) over the other "
+        "five objects with two softmax heads whose logits add a question-conditioned bias on "
+        "the position relative to X (`edge_bias`: closest / furthest), and one dot-product head "
+        "normalised by the number of objects (counting).",
     }
     verdict = target_verdict(rows, args)
     md = [
@@ -972,7 +1190,7 @@ def main(argv: list[str] | None = None) -> None:
         "![curves and attention](sort_of_clevr.png)",
     ]
     (args.out_dir / "sort_of_clevr.md").write_text("\n".join(md) + "\n")
-    dense = models.get("nonlocal_dense")
+    dense = models.get("nl_question", models.get("nonlocal_dense"))
     answerer = models[answerer_name(args)]
     plot(args.out_dir / "sort_of_clevr.png", histories, dense, answerer, test_set, args)
     print(f"wrote {args.out_dir / 'sort_of_clevr.md'} and sort_of_clevr.png")

@@ -249,3 +249,56 @@ def test_readme_bash_block_stays_first() -> None:
     first = re.search(r"^```(\w+)\n(.*?)^```", README.read_text(), re.M | re.S)
     assert first is not None and first.group(1) == "bash"
     assert "make demo" in first.group(2) and "make test" in first.group(2)
+
+
+#: Each experiment script of examples/ and its documentation page (table, figure, runtime).
+EXPERIMENTS = {
+    "relational_detection": "relational_detection.md",
+    "sort_of_clevr": "sort_of_clevr.md",
+    "knn_graphs": "knn_graphs.md",
+    "video_action": "video_action.md",
+    "segmentation": "segmentation.md",
+    "captioning": "captioning.md",
+    "point_cloud": "point_cloud.md",
+    "ddp_train": "distributed.md",
+}
+RUNTIME = re.compile(r"Runtime: about ([\d.]+) minutes")
+
+
+def test_every_training_example_has_a_page() -> None:
+    """Every example with a miniature run (``SMOKE_ARGS``: a training example) is listed in
+    EXPERIMENTS, has its page, and the experiments overview links the page."""
+    overview = (DOCS / "experiments.md").read_text()
+    for path in sorted((ROOT / "examples").glob("*.py")):
+        if path.name.startswith("_") or "SMOKE_ARGS" not in path.read_text():
+            continue
+        assert path.stem in EXPERIMENTS, f"{path.name} has no docs page in EXPERIMENTS"
+        page = EXPERIMENTS[path.stem]
+        assert (DOCS / page).exists(), page
+        assert f"({page}" in overview, f"docs/experiments.md does not link {page}"
+
+
+def _first_table(text: str) -> list[str]:
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
+    return lines[start:end]
+
+
+@pytest.mark.parametrize("name", [n for n in EXPERIMENTS if n != "ddp_train"])
+def test_experiment_page_shows_the_measured_table_and_runtime(name: str) -> None:
+    """The page carries the results file's table verbatim (no stale copy), its figure, and the
+    same runtime as the example's docstring; that runtime is within the results file's measured
+    wall time, rounded up to whole minutes."""
+    page = (DOCS / EXPERIMENTS[name]).read_text()
+    results = (ROOT / "examples" / "results" / f"{name}.md").read_text()
+    table = _first_table(results)
+    assert "\n".join(table) in page, f"docs/{EXPERIMENTS[name]} lacks the table of {name}.md"
+    assert f"../examples/results/{name}.png" in page
+    doc = RUNTIME.search((ROOT / "examples" / f"{name}.py").read_text())
+    assert doc is not None, f"examples/{name}.py states no 'Runtime: about N minutes'"
+    assert f"about {doc.group(1)} minutes" in page, f"docs/{EXPERIMENTS[name]}: other runtime"
+    wall = re.search(r"wall time: (\d+) s", results)
+    assert wall is not None, f"{name}.md states no wall time"
+    minutes = int(wall.group(1)) / 60
+    assert abs(float(doc.group(1)) - minutes) <= max(1.0, 0.2 * minutes), (name, minutes)
