@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import runpy
+import sys
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -275,3 +278,17 @@ def randomise_block_(block: torch.nn.Module, std: float = 0.4) -> torch.nn.Modul
         block.norm.running_mean.copy_(torch.randn_like(block.norm.running_mean) * 0.3)
         block.norm.running_var.copy_(torch.rand_like(block.norm.running_var) + 0.5)
     return block
+
+
+#: The example scripts (not a package: their shared helpers import as ``_example_utils``).
+EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "examples"
+
+
+def load_example(name: str) -> dict[str, Any]:
+    """The namespace of ``examples/<name>.py``, run as a module (not as ``__main__``), with
+    ``examples/`` on ``sys.path`` while it imports (``python examples/x.py`` puts it there)."""
+    sys.path.insert(0, str(EXAMPLES_DIR))
+    try:
+        return runpy.run_path(str(EXAMPLES_DIR / f"{name}.py"), run_name=f"example_{name}")
+    finally:
+        sys.path.remove(str(EXAMPLES_DIR))

@@ -7,26 +7,18 @@ pair, which of the two is the subject, the relation word and the shapes.
 
 from __future__ import annotations
 
-import runpy
-import sys
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
-EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "examples"
+from tests.helpers import load_example
 
 
 @pytest.fixture(scope="module")
-def cap() -> Iterator[dict[str, Any]]:
-    """The example's namespace (``examples/`` on ``sys.path`` for its helper module)."""
-    sys.path.insert(0, str(EXAMPLES_DIR))
-    try:
-        yield runpy.run_path(str(EXAMPLES_DIR / "captioning.py"), run_name="captioning_test")
-    finally:
-        sys.path.remove(str(EXAMPLES_DIR))
+def cap() -> dict[str, Any]:
+    """The example's namespace."""
+    return load_example("captioning")
 
 
 def _objects_from_pixels(image: torch.Tensor, rgb: torch.Tensor) -> dict[int, dict]:

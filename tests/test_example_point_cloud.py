@@ -4,21 +4,18 @@ and every model runs on a batch."""
 
 from __future__ import annotations
 
-import runpy
-from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
-EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "examples"
+from tests.helpers import load_example
 
 
 @pytest.fixture(scope="module")
-def pc(request: pytest.FixtureRequest) -> dict:
-    mp = pytest.MonkeyPatch()
-    mp.syspath_prepend(str(EXAMPLES_DIR))
-    request.addfinalizer(mp.undo)
-    return runpy.run_path(str(EXAMPLES_DIR / "point_cloud.py"), run_name="example")
+def pc() -> dict[str, Any]:
+    """The example's namespace."""
+    return load_example("point_cloud")
 
 
 def _label_from_cloud(pos: torch.Tensor, paint: torch.Tensor, part: torch.Tensor) -> str:

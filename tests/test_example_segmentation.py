@@ -7,23 +7,19 @@ pixel colours, distances by brute force over pixel pairs, receptive fields from 
 
 from __future__ import annotations
 
-import runpy
-from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
-EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "examples"
+from tests.helpers import load_example
 
 
 @pytest.fixture(scope="module")
-def seg(request: pytest.FixtureRequest) -> dict:
-    """The example's namespace (examples/ on sys.path for ``_example_utils``)."""
-    mp = pytest.MonkeyPatch()
-    mp.syspath_prepend(str(EXAMPLES_DIR))
-    request.addfinalizer(mp.undo)
-    return runpy.run_path(str(EXAMPLES_DIR / "segmentation.py"), run_name="segmentation_test")
+def seg() -> dict[str, Any]:
+    """The example's namespace."""
+    return load_example("segmentation")
 
 
 def _chebyshev(a: np.ndarray, b: np.ndarray) -> int:

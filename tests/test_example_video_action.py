@@ -7,21 +7,18 @@ independently of the generator's bookkeeping.
 
 from __future__ import annotations
 
-import runpy
-from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
-EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "examples"
+from tests.helpers import load_example
 
 
 @pytest.fixture(scope="module")
-def va(request: pytest.FixtureRequest) -> dict:
-    mp = pytest.MonkeyPatch()
-    mp.syspath_prepend(str(EXAMPLES_DIR))
-    request.addfinalizer(mp.undo)
-    return runpy.run_path(str(EXAMPLES_DIR / "video_action.py"), run_name="example")
+def va() -> dict[str, Any]:
+    """The example's namespace."""
+    return load_example("video_action")
 
 
 def _centre(frame: torch.Tensor, colour: torch.Tensor) -> torch.Tensor:
