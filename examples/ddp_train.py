@@ -294,6 +294,8 @@ def write_report(history: list[dict[str, float]], args: argparse.Namespace, ctx:
         f"Python {platform.python_version()}, torch {torch.__version__}, "
         f"nlgraph {nlgraph.__version__}",
         f"- allocator: {_allocator()}",
+        f"- wall time: {sum(r['seconds'] for r in history):.0f} s of training epochs "
+        f"(one seed: a demonstration of DDP, not a comparison)",
     ]
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / "ddp_train.md").write_text("\n".join(md) + "\n")
