@@ -6,8 +6,9 @@ Usage:
 
 The reference covers every name in ``nlgraph.__all__``, ``nlgraph.nn.__all__``,
 ``nlgraph.ops.__all__``, ``nlgraph.pairwise.__all__``, ``nlgraph.compat.__all__`` (when that
-module exists and imports) and ``nlgraph.attention.__all__``. Each object is documented once, in
-the most specific module that exports it; the top-level section lists every name with a link.
+module exists and imports), ``nlgraph.attention.__all__`` and ``nlgraph.viz.__all__``. Each
+object is documented once, in the most specific module that exports it; the top-level section
+lists every name with a link.
 Google-style docstrings (Args, Returns, Raises, Shapes, Attributes, Example) and the reST bits
 they contain (``code``, :math:`...`, :class:`...`, ``.. math::``, simple tables) are turned
 into Markdown. The output depends only on nlgraph's source, never on addresses or the clock.
@@ -43,6 +44,7 @@ MODULES: tuple[str, ...] = (
     "nlgraph.pairwise",
     "nlgraph.compat",
     "nlgraph.attention",
+    "nlgraph.viz",
     "nlgraph",
 )
 OPTIONAL_MODULES: frozenset[str] = frozenset({"nlgraph.compat"})
