@@ -41,6 +41,57 @@ def test_info_hints_at_the_allocator_when_unset(capsys, monkeypatch):
     assert "MALLOC_MMAP_MAX_=0" in out and "hint: " not in out
 
 
+def test_info_explains_the_kernel_auto_runs(capsys, monkeypatch):
+    """``info --n`` names the kernel that ``nonlocal_aggregate`` actually runs for the full
+    graph and a k-NN graph (recorded by wrapping every kernel's ``apply``), and why a kernel
+    was declined."""
+    from nlgraph.graphs import RegularGraph
+    from nlgraph.ops import KERNELS, nonlocal_aggregate
+
+    ran: list[str] = []
+    for name, kernel in KERNELS.items():
+        original = kernel.apply
+
+        def record(inp, _name=name, _original=original):
+            ran.append(_name)
+            return _original(inp)
+
+        monkeypatch.setattr(kernel, "apply", staticmethod(record))
+    assert cli.main(["info", "--n", "64", "--k", "4", "--channels", "8"]) == 0
+    out = capsys.readouterr().out
+    q = torch.randn(1, 64, 8)
+    graph = RegularGraph(torch.randint(0, 64, (1, 64, 4)), 64)
+    for label, g in (("full graph", "full"), ("k-NN graph (k=4)", graph)):
+        ran.clear()
+        nonlocal_aggregate(q, q, q, "embedded_gaussian", graph=g)
+        line = next(line for line in out.splitlines() if f"aggregate, {label}" in line)
+        assert ran and line.split(": ", 1)[1].startswith(f"{ran[0]} ("), (line, ran)
+    # Half precision: csr declines (with the dtype as the reason) and regular runs.
+    rows = cli.explain_choices(64, 4, 8, dtype="float16")
+    text = "\n".join(f"{a} : {b}" for a, b in rows)
+    assert "aggregate, k-NN graph (k=4) : regular" in text
+    assert "csr declined: dtype=torch.float16" in text
+    # A small key set (8·k keys or fewer): the clustered search probes every list (exact).
+    assert "50% of the keys scanned" in text  # N = 64, k = 4: 4 of 8 lists
+    exact = dict(cli.explain_choices(64, 16, 8))["KNN(k, search='ivf')"]
+    assert "probing every list is the exact search" in exact
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["info", "--n", "0"], "--n: expected a positive int, got 0"),
+        (["info", "--n", "8", "--dtype", "int8"], "--dtype: expected a floating dtype"),
+        (["info", "--n", "8", "--device", "nope"], "--device: expected a device"),
+    ],
+)
+def test_info_refuses_bad_choices(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
 def test_demo_small_passes_and_prints_every_mode(capsys):
     assert cli.main(["demo", "--size", "12", "--quick"]) == 0
     out = capsys.readouterr().out

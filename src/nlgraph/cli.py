@@ -61,8 +61,16 @@ def _importable(module: str) -> str:
     return "yes"
 
 
-def info() -> int:
-    """Print versions, threads, optional packages and allocator settings. Returns 0."""
+def info(
+    n: int | None = None,
+    k: int = 16,
+    channels: int = 32,
+    device: str = "cpu",
+    dtype: str = "float32",
+) -> int:
+    """Print versions, threads, optional packages and allocator settings; with ``n``, also what
+    :func:`explain_choices` says for N = ``n``. Returns 0."""
+    choices = None if n is None else explain_choices(n, k, channels, device, dtype)
     rows = [
         ("nlgraph", __version__),
         ("python", platform.python_version()),
@@ -84,7 +92,86 @@ def info() -> int:
             "hint: large CPU tensors are mmap'ed and page-faulted by glibc's default malloc; "
             f"for stable speed with large N run with {ALLOCATOR_HINT}"
         )
+    if choices is not None:
+        print(f"\nchoices for N = {n}, k = {k}, C' = {channels}, {device}, {dtype}:")
+        width = max(len(label) for label, _ in choices)
+        for label, value in choices:
+            print(f"{label.ljust(width)} : {value}")
     return 0
+
+
+def explain_choices(
+    n: int, k: int, channels: int, device: str = "cpu", dtype: str = "float32"
+) -> list[tuple[str, str]]:
+    """What ``backend="auto"`` and the k-NN builders choose for N positions, k neighbours and
+    C' channels on ``device`` in ``dtype``, and why: ``(label, explanation)`` rows.
+
+    Only shapes, dtypes and devices are read (the kernels' ``not_supported_reasons``), so the
+    tensors made here are left uninitialised; the k-NN graph's index is a (1, N, k) zero tensor.
+    """
+    from nlgraph.graphs import RegularGraph
+    from nlgraph.graphs.ivf import default_clusters, default_probe
+    from nlgraph.graphs.point_knn import GRID_MAX_FEATURES
+    from nlgraph.ops import AggregateInputs
+    from nlgraph.ops.dispatch import priority_list
+    from nlgraph.pairwise import Pairwise
+
+    torch_dtype = getattr(torch, dtype, None)
+    if not isinstance(torch_dtype, torch.dtype) or not torch_dtype.is_floating_point:
+        raise ValueError(f"--dtype: expected a floating dtype such as float32, got {dtype!r}")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise ValueError(
+            f"--device: expected a device such as cpu or cuda:0, got {device!r}"
+        ) from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device: {device!r} is not available here (no CUDA device)")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device: expected cpu or cuda, got {device!r}")
+    q = torch.empty(1, n, channels, device=dev, dtype=torch_dtype)
+    v = torch.empty(1, n, channels, device=dev, dtype=torch_dtype)
+    knn = RegularGraph(torch.zeros(1, n, min(k, n), dtype=torch.long, device=dev), n)
+    rows: list[tuple[str, str]] = []
+    for label, graph in (("full graph", "full"), (f"k-NN graph (k={min(k, n)})", knn)):
+        inp = AggregateInputs(q, q, v, Pairwise("embedded_gaussian"), graph=graph)
+        tried = []
+        chosen = None
+        for kernel in priority_list(inp):
+            why = kernel.not_supported_reasons(inp)
+            if not why:
+                chosen = kernel.NAME
+                break
+            tried.append(f"{kernel.NAME} declined: {'; '.join(why)}")
+        head = f"{chosen} (first of {', '.join(c.NAME for c in priority_list(inp))})"
+        rows.append((f"aggregate, {label}", head if chosen else "no kernel"))
+        rows += [("", t) for t in tried]
+    lists = default_clusters(n)
+    probe = default_probe(lists, k=k, num_keys=n)
+    rows.append(
+        (
+            "KNN(k) in a block",
+            "exact: blocked θ·φ scores, tie-aware top-k (torch); the fused Triton scan only "
+            "inside force_triton_knn()",
+        )
+    )
+    rows.append(
+        (
+            "KNN(k, search='ivf')",
+            f"{lists} lists, n_probe {probe} ({min(100.0, 100 * probe / lists):.0f}% of the "
+            "keys scanned"
+            + ("; probing every list is the exact search" if probe >= lists else "")
+            + ")",
+        )
+    )
+    rows.append(
+        (
+            "knn_graph(points)",
+            f"grid search for <= {GRID_MAX_FEATURES} coordinates with metric 'l2', else the "
+            "exact blocked search (faiss with backend='faiss')",
+        )
+    )
+    return rows
 
 
 def _reference_chunk(mode: str, n: int, n_keys: int, inter: int) -> int | None:
@@ -275,7 +362,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"nlgraph {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,bench,info}")
-    sub.add_parser("info", help="versions, threads, optional packages, allocator settings")
+    i = sub.add_parser(
+        "info",
+        help="versions, threads, optional packages, allocator settings; with --n, the kernel "
+        "and k-NN builder that auto chooses for that size, and why",
+    )
+    i.add_argument("--n", type=int, default=None, help="positions N (queries = keys)")
+    i.add_argument("--k", type=int, default=16, help="neighbours of the k-NN graph (default: 16)")
+    i.add_argument("--channels", type=int, default=32, help="C' of θ, φ (default: 32)")
+    i.add_argument("--device", default="cpu", help="device (default: cpu)")
+    i.add_argument("--dtype", default="float32", help="floating dtype (default: float32)")
     d = sub.add_parser("demo", help="the four modes against a float64 reference and naive")
     d.add_argument("--size", type=int, default=64, help="map side; N = size² (default: 64)")
     d.add_argument("--channels", type=int, default=64, help="C; C' = C // 2 (default: 64)")
@@ -298,7 +394,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command == "info":
-        return info()
+        for name in ("n", "k", "channels"):
+            value = getattr(args, name)
+            if value is not None and value < 1:
+                parser.error(f"--{name}: expected a positive int, got {value}")
+        try:
+            return info(args.n, args.k, args.channels, args.device, args.dtype)
+        except (ValueError, RuntimeError) as exc:
+            parser.error(str(exc).splitlines()[0])
     for name in ("size", "channels"):
         if getattr(args, name) < 1:
             parser.error(f"--{name}: expected a positive int, got {getattr(args, name)}")
