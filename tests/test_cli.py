@@ -89,7 +89,16 @@ def test_info_refuses_bad_choices(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(argv)
     assert exit_info.value.code == 2
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert message in err
+    assert "usage: nlgraph info" in err  # the subcommand's usage, not the top-level one
+
+
+def test_demo_errors_print_the_demo_usage(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["demo", "--size", "0"])
+    err = capsys.readouterr().err
+    assert "usage: nlgraph demo" in err and "--size: expected a positive int, got 0" in err
 
 
 def test_demo_small_passes_and_prints_every_mode(capsys):

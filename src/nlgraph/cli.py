@@ -382,6 +382,7 @@ def _parser() -> argparse.ArgumentParser:
         help="run benchmarks/dense.py (source checkout); other flags go to it",
         add_help=False,
     )
+    parser.set_defaults(_subparsers={"info": i, "demo": d})
     return parser
 
 
@@ -391,18 +392,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     if args.command == "bench":
         return bench(extra)
+    # Errors of a subcommand print that subcommand's usage.
+    usage: argparse.ArgumentParser = args._subparsers.get(args.command, parser)
     if extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        usage.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command == "info":
         for name in ("n", "k", "channels"):
             value = getattr(args, name)
             if value is not None and value < 1:
-                parser.error(f"--{name}: expected a positive int, got {value}")
+                usage.error(f"--{name}: expected a positive int, got {value}")
         try:
             return info(args.n, args.k, args.channels, args.device, args.dtype)
         except (ValueError, RuntimeError) as exc:
-            parser.error(str(exc).splitlines()[0])
+            usage.error(str(exc).splitlines()[0])
     for name in ("size", "channels"):
         if getattr(args, name) < 1:
-            parser.error(f"--{name}: expected a positive int, got {getattr(args, name)}")
+            usage.error(f"--{name}: expected a positive int, got {getattr(args, name)}")
     return demo(args.size, args.channels, args.quick, args.seed)
