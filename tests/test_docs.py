@@ -302,3 +302,11 @@ def test_experiment_page_shows_the_measured_table_and_runtime(name: str) -> None
     assert wall is not None, f"{name}.md states no wall time"
     minutes = int(wall.group(1)) / 60
     assert abs(float(doc.group(1)) - minutes) <= max(1.0, 0.2 * minutes), (name, minutes)
+
+
+def test_changelog_names_the_current_version() -> None:
+    """CHANGELOG.md has a section for ``nlgraph.__version__``."""
+    import nlgraph
+
+    text = (ROOT / "CHANGELOG.md").read_text()
+    assert re.search(rf"^## {re.escape(nlgraph.__version__)}\b", text, re.M), nlgraph.__version__
