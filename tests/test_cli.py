@@ -101,6 +101,25 @@ def test_demo_errors_print_the_demo_usage(capsys):
     assert "usage: nlgraph demo" in err and "--size: expected a positive int, got 0" in err
 
 
+@pytest.fixture(autouse=True)
+def _run_in_tmp(tmp_path, monkeypatch):
+    """The demo writes ./nlgraph-demo/ under the working directory: keep it out of the repo."""
+    monkeypatch.chdir(tmp_path)
+
+
+def test_demo_saves_the_attention_picture_and_prints_its_path(capsys, tmp_path):
+    pytest.importorskip("matplotlib")
+    assert cli.main(["demo", "--size", "4", "--channels", "8", "--quick"]) == 0
+    default = Path("nlgraph-demo") / "attention.png"
+    assert f"saved the attention of one query: {default}" in capsys.readouterr().out
+    assert (tmp_path / default).stat().st_size > 0
+    out = tmp_path / "elsewhere"
+    assert (
+        cli.main(["demo", "--size", "4", "--channels", "8", "--quick", "--out-dir", str(out)]) == 0
+    )
+    assert (out / "attention.png").stat().st_size > 0
+
+
 def test_demo_small_passes_and_prints_every_mode(capsys):
     assert cli.main(["demo", "--size", "12", "--quick"]) == 0
     out = capsys.readouterr().out

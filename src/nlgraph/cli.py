@@ -37,6 +37,8 @@ __all__ = ["demo", "info", "main"]
 ALLOCATOR_HINT = "MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=1099511627776"
 #: The demo's float32 tolerance against the float64 reference (max abs error of z).
 DEMO_ATOL = 1e-3
+#: Where ``demo`` saves its picture, relative to the working directory.
+DEMO_OUT_DIR = "nlgraph-demo"
 #: The demo skips the naive concatenation when its 2C'×N×N' tensor would exceed this.
 NAIVE_CONCAT_BUDGET = 3 * 2**29  # 1.5 GiB: N = 48x48 runs, 64x64 (4 GiB) does not
 OPTIONAL_PACKAGES = (("torch-scatter", "torch_scatter"), ("faiss", "faiss"), ("mmcv", "mmcv"))
@@ -227,7 +229,13 @@ def _demo_mode(
     return error, cells, note
 
 
-def demo(size: int = 64, channels: int = 64, quick: bool = False, seed: int = 0) -> int:
+def demo(
+    size: int = 64,
+    channels: int = 64,
+    quick: bool = False,
+    seed: int = 0,
+    out_dir: Path | None = Path(DEMO_OUT_DIR),
+) -> int:
     """Run the four modes of a 2-D block and print accuracy, time and memory against naive.
 
     Each block (``NonLocalBlock2d(channels, channels // 2, sub_sample=False,
@@ -240,6 +248,8 @@ def demo(size: int = 64, channels: int = 64, quick: bool = False, seed: int = 0)
         channels (int): C; C' = C // 2. (default: ``64``)
         quick (bool): one timed run, no warm-up. (default: ``False``)
         seed (int): seed for weights and input. (default: ``0``)
+        out_dir (Path, optional): where :func:`demo_picture` saves ``attention.png``; ``None``
+            saves nothing. (default: ``./nlgraph-demo``, under the working directory)
 
     Returns:
         int: 0 when every error is within :data:`DEMO_ATOL`, else 1.
@@ -270,7 +280,55 @@ def demo(size: int = 64, channels: int = 64, quick: bool = False, seed: int = 0)
         print(f"all four modes within {DEMO_ATOL:g} of the float64 reference")
     print()
     sparse_ok = demo_sparse(size, channels, warmup, repeat, seed)
+    if out_dir is not None:
+        print()
+        demo_picture(out_dir, seed)
     return 0 if not failed and sparse_ok else 1
+
+
+def demo_picture(out_dir: Path, seed: int = 0, side: int = 32) -> Path | None:
+    r"""Save ``<out_dir>/attention.png``: where one pixel of a red square attends.
+
+    A (3, side, side) image of three red and two blue 4x4 squares on black goes through
+    ``NonLocalBlock2d(3, mode="gaussian", sub_sample=False)``, whose weights
+    :math:`\propto \exp(x_i \cdot x_j)` depend on the colours alone (x = 3·RGB): a red pixel
+    attends to every red pixel, wherever it is. :func:`nlgraph.viz.attention_map` draws the
+    weights of the first red square's centre over the image.
+
+    Returns:
+        Path or None: the file, or ``None`` (a note printed) when matplotlib is missing.
+    """
+    if importlib.util.find_spec("matplotlib") is None:
+        print('note: no picture (matplotlib is missing: pip install "nlgraph[viz]")')
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .viz import attention_map
+
+    gen = torch.Generator().manual_seed(seed)
+    image = torch.zeros(3, side, side)
+    cells = torch.randperm((side // 6) ** 2, generator=gen)[:5]  # non-overlapping 6x6 slots
+    centres = []
+    for i, cell in enumerate(cells.tolist()):
+        y, x = 6 * (cell // (side // 6)) + 1, 6 * (cell % (side // 6)) + 1
+        image[0 if i < 3 else 2, y : y + 4, x : x + 4] = 1.0
+        centres.append((y + 2, x + 2))
+    torch.manual_seed(seed)
+    block = NonLocalBlock2d(3, mode="gaussian", sub_sample=False).eval()
+    with torch.no_grad():
+        _, attn = block(3 * image[None], return_attention=True)
+    fig, ax = plt.subplots(figsize=(4, 4))
+    attention_map(attn, centres[0], image=image, ax=ax)
+    ax.set_title("attention of one red pixel (+)\nNonLocalBlock2d, mode='gaussian'", fontsize=9)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "attention.png"
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    print(f"saved the attention of one query: {path}")
+    return path
 
 
 def demo_sparse(size: int, channels: int, warmup: int, repeat: int, seed: int) -> bool:
@@ -377,6 +435,10 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--channels", type=int, default=64, help="C; C' = C // 2 (default: 64)")
     d.add_argument("--quick", action="store_true", help="one timed run per measurement")
     d.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    d.add_argument(
+        "--out-dir", type=Path, default=Path(DEMO_OUT_DIR),
+        help=f"where the attention picture goes (default: ./{DEMO_OUT_DIR})",
+    )  # fmt: skip
     sub.add_parser(
         "bench",
         help="run benchmarks/dense.py (source checkout); other flags go to it",
@@ -408,4 +470,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in ("size", "channels"):
         if getattr(args, name) < 1:
             usage.error(f"--{name}: expected a positive int, got {getattr(args, name)}")
-    return demo(args.size, args.channels, args.quick, args.seed)
+    return demo(args.size, args.channels, args.quick, args.seed, args.out_dir)
