@@ -7,7 +7,7 @@ PIP    := $(PY) -m pip
 # large tensors on the heap. See docs/performance.md.
 ALLOC  := MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=1099511627776
 
-.PHONY: install demo test bench lint clean
+.PHONY: install demo test bench lint clean wheel-check
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,3 +36,13 @@ lint: install
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache
+
+# Build the wheel and install it, with only the required dependencies, in a fresh venv; import it
+# there and check that no optional extra came along. .ci/run runs it after the tests.
+WHEEL_DIR := build/wheel-check
+wheel-check: install
+	rm -rf $(WHEEL_DIR)
+	$(PIP) wheel --quiet --no-deps --no-build-isolation -w $(WHEEL_DIR)/dist .
+	$(PYTHON) -m venv $(WHEEL_DIR)/venv
+	$(WHEEL_DIR)/venv/bin/python -m pip install --quiet -c constraints.txt $(WHEEL_DIR)/dist/nlgraph-*.whl
+	cd $(WHEEL_DIR) && venv/bin/python ../../tests/wheel_check.py
