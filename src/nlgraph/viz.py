@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from ._validate import check_choice
 from .attention import Attention
 from .graphs.base import COOGraph, RegularGraph
 
@@ -196,8 +197,7 @@ def _query_row(attn: Attention, sample: int, qi: int) -> Tensor:
 
 
 def _resolve_upsample(upsample: Any) -> str:
-    if upsample not in _UPSAMPLE:
-        raise ValueError(f"upsample: expected one of {_UPSAMPLE}, got {upsample!r}")
+    check_choice("upsample", upsample, _UPSAMPLE)
     return str(upsample)
 
 
