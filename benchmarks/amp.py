@@ -44,19 +44,11 @@ from nlgraph.graphs import COOGraph, RegularGraph  # noqa: E402
 from nlgraph.ops import AggregateInputs  # noqa: E402
 from nlgraph.ops.dispatch import KERNELS  # noqa: E402
 from nlgraph.pairwise import MODES  # noqa: E402
-from tests.helpers import reference_aggregate  # noqa: E402
+from tests.helpers import KERNEL_GRAPH_RUNS, masked_graph, reference_aggregate  # noqa: E402
 
 SETTINGS = ("autocast bf16", "bf16", "fp16")
 #: (kernel, graph kind) rows of the table.
-RUNS = (
-    ("dense", "full"),
-    ("regular", "regular"),
-    ("coo", "regular"),
-    ("coo", "coo"),
-    ("csr", "regular"),
-    ("triton", "regular"),
-    ("triton", "coo"),
-)
+RUNS = KERNEL_GRAPH_RUNS
 
 
 @dataclass(frozen=True)
@@ -82,22 +74,7 @@ def make_graph(
     kind: str, shape: Shape, gen: torch.Generator
 ) -> tuple[str | RegularGraph | COOGraph, torch.Tensor]:
     """The graph and its (N, N') neighbour mask (distinct neighbours, so the mask is exact)."""
-    n, m, k = shape.n, shape.m, shape.k
-    if kind == "full":
-        return "full", torch.ones(n, m, dtype=torch.bool)
-    index = torch.rand(n, m, generator=gen).argsort(-1)[:, :k]
-    if kind == "regular":
-        valid = torch.rand(n, k, generator=gen) > 0.25
-        valid[0] = False  # a query without neighbours
-        mask = torch.zeros(n, m, dtype=torch.bool)
-        mask[torch.arange(n).unsqueeze(1).expand(n, k)[valid], index[valid]] = True
-        return RegularGraph(index.unsqueeze(0), m, valid.unsqueeze(0)), mask
-    rows = torch.arange(1, n).repeat_interleave(k)  # query 0 isolated
-    cols = index[1:].reshape(-1)
-    perm = torch.randperm(rows.numel(), generator=gen)  # not sorted by query
-    mask = torch.zeros(n, m, dtype=torch.bool)
-    mask[rows, cols] = True
-    return COOGraph(torch.stack([cols[perm], rows[perm]]), n, m), mask
+    return masked_graph(kind, shape.n, shape.m, shape.k, gen)
 
 
 def pairwise(mode: str, c: int, gen: torch.Generator) -> Pairwise:

@@ -292,3 +292,51 @@ def load_example(name: str) -> dict[str, Any]:
         return runpy.run_path(str(EXAMPLES_DIR / f"{name}.py"), run_name=f"example_{name}")
     finally:
         sys.path.remove(str(EXAMPLES_DIR))
+
+
+#: (kernel, graph kind) pairs that every aggregation kernel runs on in the precision checks
+#: (tests/ops/test_amp.py, benchmarks/amp.py): dense on the full graph, the sparse kernels on a
+#: masked RegularGraph, coo and triton also on a COOGraph.
+KERNEL_GRAPH_RUNS: tuple[tuple[str, str], ...] = (
+    ("dense", "full"),
+    ("regular", "regular"),
+    ("coo", "regular"),
+    ("coo", "coo"),
+    ("csr", "regular"),
+    ("triton", "regular"),
+    ("triton", "coo"),
+)
+
+
+def masked_graph(kind: str, n: int, m: int, k: int, gen: torch.Generator) -> tuple[Any, Tensor]:
+    """A ``kind`` graph (``"full"``, ``"regular"`` or ``"coo"``) over n queries and m keys with
+    k distinct neighbours per query, and its exact (n, m) neighbour mask. The RegularGraph masks
+    about a quarter of the slots and every slot of query 0; the COOGraph leaves query 0 without
+    edges and lists its edges unsorted."""
+    from nlgraph.graphs import COOGraph, RegularGraph
+
+    if kind == "full":
+        return "full", torch.ones(n, m, dtype=torch.bool)
+    index = torch.rand(n, m, generator=gen).argsort(-1)[:, :k]
+    mask = torch.zeros(n, m, dtype=torch.bool)
+    if kind == "regular":
+        valid = torch.rand(n, k, generator=gen) > 0.25
+        valid[0] = False
+        mask[torch.arange(n).unsqueeze(1).expand(n, k)[valid], index[valid]] = True
+        return RegularGraph(index.unsqueeze(0), m, valid.unsqueeze(0)), mask
+    rows, cols = torch.arange(1, n).repeat_interleave(k), index[1:].reshape(-1)
+    perm = torch.randperm(rows.numel(), generator=gen)  # unsorted
+    mask[rows, cols] = True
+    return COOGraph(torch.stack([cols[perm], rows[perm]]), n, m), mask
+
+
+def graph_to(graph: Any, device: str | torch.device) -> Any:
+    """``graph`` with its index tensors on ``device`` (the graph classes have no ``.to``)."""
+    from nlgraph.graphs import COOGraph, RegularGraph
+
+    if isinstance(graph, RegularGraph):
+        mask = None if graph.mask is None else graph.mask.to(device)
+        return RegularGraph(graph.index.to(device), graph.num_keys, mask)
+    if isinstance(graph, COOGraph):
+        return COOGraph(graph.edge_index.to(device), graph.num_queries, graph.num_keys)
+    return graph

@@ -31,14 +31,17 @@ import torch
 from torch import Tensor
 
 from nlgraph import NonLocalBlock2d, NonLocalConv, Pairwise, nonlocal_aggregate
-from nlgraph.graphs import KNN, COOGraph, RegularGraph, Window
+from nlgraph.graphs import KNN, Window
 from nlgraph.ops import AggregateInputs, select_kernel
 from nlgraph.ops._segment import Segments, normalise_rows, normalise_segments
 from nlgraph.ops.dispatch import KERNELS
 from nlgraph.ops.kernels._scatter import segment_sum
 from tests.helpers import (
+    KERNEL_GRAPH_RUNS,
     MODES,
     block_reference_args,
+    graph_to,
+    masked_graph,
     randomise_block_,
     reference_aggregate,
     reference_block,
@@ -54,15 +57,7 @@ TOL: dict[str, tuple[float, float]] = {
     "fp16": (2e-3, 5e-3),
 }
 TRITON_TOL: dict[str, tuple[float, float]] = {**TOL, "autocast": (1e-2, 5e-2), "bf16": (1e-2, 5e-2)}
-RUNS = [
-    ("dense", "full"),
-    ("regular", "regular"),
-    ("coo", "regular"),
-    ("coo", "coo"),
-    ("csr", "regular"),
-    ("triton", "regular"),
-    ("triton", "coo"),
-]
+RUNS = list(KERNEL_GRAPH_RUNS)
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 
 
@@ -74,29 +69,7 @@ def _interpret(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def _graph(kind: str, gen: torch.Generator, n: int = N, m: int = M) -> tuple[Any, Tensor]:
     """A graph with distinct neighbours and its (N, N') mask; query 0 has no neighbour."""
-    if kind == "full":
-        return "full", torch.ones(n, m, dtype=torch.bool)
-    index = torch.rand(n, m, generator=gen).argsort(-1)[:, :K]
-    mask = torch.zeros(n, m, dtype=torch.bool)
-    if kind == "regular":
-        valid = torch.rand(n, K, generator=gen) > 0.25
-        valid[0] = False
-        mask[torch.arange(n).unsqueeze(1).expand(n, K)[valid], index[valid]] = True
-        return RegularGraph(index.unsqueeze(0), m, valid.unsqueeze(0)), mask
-    rows, cols = torch.arange(1, n).repeat_interleave(K), index[1:].reshape(-1)
-    perm = torch.randperm(rows.numel(), generator=gen)  # unsorted
-    mask[rows, cols] = True
-    return COOGraph(torch.stack([cols[perm], rows[perm]]), n, m), mask
-
-
-def _on(graph: Any, device: str) -> Any:
-    """``graph`` with its index tensors on ``device`` (graphs have no ``.to``)."""
-    if isinstance(graph, RegularGraph):
-        mask = None if graph.mask is None else graph.mask.to(device)
-        return RegularGraph(graph.index.to(device), graph.num_keys, mask)
-    if isinstance(graph, COOGraph):
-        return COOGraph(graph.edge_index.to(device), graph.num_queries, graph.num_keys)
-    return graph
+    return masked_graph(kind, n, m, K, gen)
 
 
 def _pairwise(mode: str, gen: torch.Generator) -> Pairwise:
@@ -201,7 +174,7 @@ def test_kernel_autocast_cuda(
     with torch.autocast("cuda", dtype=dtype):
         q, k, v = (layer(t) for layer, t in zip(layers, (q, k, v)))
     q, k, v = (t.detach().requires_grad_() for t in (q, k, v))
-    graph = _on(graph, "cuda")
+    graph = graph_to(graph, "cuda")
     why = KERNELS[kernel].not_supported_reasons(AggregateInputs(q, k, v, pw, graph))
     if why:
         pytest.skip(f"{kernel}: {'; '.join(why)}")

@@ -32,7 +32,7 @@ from nlgraph.graphs import COOGraph, RegularGraph
 from nlgraph.ops import AggregateInputs, select_kernel
 from nlgraph.ops.dispatch import KERNELS
 from nlgraph.ops.kernels.base import Kernel, deterministic_flag_set
-from tests.helpers import MODES, SOFTMAX_MODES
+from tests.helpers import MODES, SOFTMAX_MODES, graph_to
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 RUNS = [
@@ -60,16 +60,6 @@ def _deterministic(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         yield
     finally:
         torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
-
-
-def _on(graph: Any, device: str) -> Any:
-    """``graph`` with its index tensors on ``device`` (graphs have no ``.to``)."""
-    if isinstance(graph, RegularGraph):
-        mask = None if graph.mask is None else graph.mask.to(device)
-        return RegularGraph(graph.index.to(device), graph.num_keys, mask)
-    if isinstance(graph, COOGraph):
-        return COOGraph(graph.edge_index.to(device), graph.num_queries, graph.num_keys)
-    return graph
 
 
 def _case(
@@ -103,7 +93,7 @@ def _case(
     if bias is not None:
         bias = bias.to(device).requires_grad_()
         leaves.append(bias)
-    graph = _on(graph, device)
+    graph = graph_to(graph, device)
     scale = 0.25 if mode == "embedded_gaussian" else 1.0
     return tuple(leaves), Pairwise(mode, scale, cw), graph, bias
 
