@@ -266,6 +266,14 @@ def generate(num_images: int, size: int, radius: int, seed: int) -> Scenes:
 
 
 # ---------------------------------------------------------------------------------- models
+def cell_centres(h: int, w: int, device: torch.device | None = None) -> Tensor:
+    """(h, w, 2) float32 centres (x, y) of an h x w grid of cells, spread over [-1, 1]²."""
+    ys = torch.linspace(-1, 1, h, device=device)
+    xs = torch.linspace(-1, 1, w, device=device)
+    py, px = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack([px, py], -1)
+
+
 class ConvStack(nn.Sequential):
     """Four 3x3 convs (strides ``strides``: by default three of 2 and one of 1), each with
     BatchNorm and ReLU.
@@ -376,11 +384,8 @@ class NonLocalQA(nn.Module):
     def cells(self, images: Tensor) -> Tensor:
         """Cell features with CoordConv channels: (B, 3, S, S) → (B, D, S/8, S/8)."""
         feat = self.cnn(images)
-        h, w = feat.shape[2:]
-        ys = torch.linspace(-1, 1, h, device=feat.device)
-        xs = torch.linspace(-1, 1, w, device=feat.device)
-        px, py = torch.meshgrid(xs, ys, indexing="xy")
-        coords = torch.stack([px, py, px**2 + py**2], dim=-1)  # (h, w, 3)
+        centres = cell_centres(*feat.shape[2:], device=feat.device)
+        coords = torch.cat([centres, (centres**2).sum(-1, keepdim=True)], -1)  # (h, w, 3)
         return F.relu(self.inp(feat) + self.inp_coords(coords).permute(2, 0, 1))
 
     def forward(
@@ -541,10 +546,7 @@ class QuestionNL(NonLocalQA):
         of their queries over the cells (B, 6, N)."""
         x = self.cells(images)  # (B, D, h, w)
         b, d, h, w = x.shape
-        ys = torch.linspace(-1, 1, h, device=x.device, dtype=x.dtype)
-        xs = torch.linspace(-1, 1, w, device=x.device, dtype=x.dtype)
-        py, px = torch.meshgrid(ys, xs, indexing="ij")
-        pos = torch.stack([px, py], -1).reshape(1, h * w, 2).expand(b, -1, -1)
+        pos = cell_centres(h, w, device=x.device).to(x.dtype).reshape(1, h * w, 2).expand(b, -1, -1)
         key = self.key(x).flatten(2).transpose(1, 2)  # (B, N, D)
         value = torch.cat([self.value(x).flatten(2).transpose(1, 2), pos], 2)
         queries = self.query(self.object_questions.to(x.dtype)).expand(b, -1, -1)
@@ -658,11 +660,8 @@ class RNQA(nn.Module):
     def objects(self, images: Tensor) -> Tensor:
         """Cells with their (x, y) centres: (B, 3, S, S) → (B, N, C + 2), N = (S/16)²."""
         feat = self.cnn(images)
-        h, w = feat.shape[2:]
-        ys = torch.linspace(-1, 1, h, device=feat.device)
-        xs = torch.linspace(-1, 1, w, device=feat.device)
-        px, py = torch.meshgrid(xs, ys, indexing="xy")
-        coords = torch.stack([px, py], dim=0).expand(feat.shape[0], -1, -1, -1)
+        coords = cell_centres(*feat.shape[2:], device=feat.device).permute(2, 0, 1)
+        coords = coords.expand(feat.shape[0], -1, -1, -1)
         return torch.cat([feat, coords], 1).flatten(2).transpose(1, 2)
 
     def forward(
