@@ -5,23 +5,25 @@ For every mode and N in {1024, 4096, 16384} (2-D square maps, B=1, C=64, C'=32, 
 forward+backward training step (train mode, a fixed random upstream gradient of z, back to
 the input and every parameter) of :class:`nlgraph.NonLocalBlock2d` and of
 :class:`nlgraph._naive.NaiveNonLocal` holding the same weights: median time, interleaved in
-this process, and peak CPU tensor memory plus the largest single allocation (profiler memory
-events). The naive concatenation builds a
-2C'×N×N' tensor, so it runs only up to N=2304 (48x48, included for its target).
+this process, and peak tensor memory plus the largest single allocation (profiler memory
+events; on CUDA the peak is :func:`torch.cuda.max_memory_allocated`, and every timed call ends
+with :func:`torch.cuda.synchronize`). The naive concatenation builds a 2C'×N×N' tensor, so it
+runs only up to N=2304 (48x48, included for its target).
 
-Run ``python benchmarks/dense.py [--quick] [--only MODE] [--repeat R] [--out FILE]``; results
-go to ``benchmarks/results/dense.md``. Pin the allocator for stable numbers:
-``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=1099511627776``.
+Run ``python benchmarks/dense.py [--quick] [--only MODE] [--repeat R] [--device cuda]
+[--out FILE]``; results go to ``benchmarks/results/dense.md`` and record the device. A progress
+bar over the cases goes to stderr when it is a terminal (tqdm). Pin the allocator for stable
+CPU numbers: ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=1099511627776``.
 """
 
 from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -30,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
 
 from nlgraph import NonLocalBlock2d  # noqa: E402
-from nlgraph._measure import memory_stats  # noqa: E402
+from nlgraph._measure import memory_stats, peak_memory  # noqa: E402
 from nlgraph._naive import concat_tensor_bytes, naive_from_block  # noqa: E402
 from nlgraph.ops.dispatch import select_kernel  # noqa: E402
 from nlgraph.ops.inputs import AggregateInputs  # noqa: E402
@@ -47,6 +49,7 @@ CASES: list[dict[str, Any]] = [
 ]
 QUICK_SIDES = (32,)
 PASSES = ("forward", "fwd+bwd")
+T = TypeVar("T")
 
 
 @dataclass
@@ -75,11 +78,41 @@ class Result:
         return None if self.mem_naive is None else self.mem_naive / max(self.mem_nl, 1)
 
 
-def build(mode: str, size: tuple[int, int], seed: int = 0) -> tuple[NonLocalBlock2d, torch.Tensor]:
-    """A randomly initialised block (``zero_init=False``) and a (1, C, H, W) input."""
+def build(
+    mode: str, size: tuple[int, int], seed: int = 0, device: torch.device | str = "cpu"
+) -> tuple[NonLocalBlock2d, torch.Tensor]:
+    """A randomly initialised block (``zero_init=False``) and a (1, C, H, W) input on ``device``
+    (drawn on the CPU, so every device gets the same numbers)."""
     torch.manual_seed(seed)
     block = NonLocalBlock2d(CHANNELS, INTER, mode=mode, sub_sample=False, zero_init=False)
-    return block, torch.randn(1, CHANNELS, *size)
+    return block.to(device), torch.randn(1, CHANNELS, *size).to(device)
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued kernels (CUDA); nothing on the CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def device_error(device: str) -> str | None:
+    """Why ``--device`` cannot run here (``"--device: expected ..., got ..."``), or None."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        return f"--device: expected a device such as cpu or cuda:0, got {device!r}"
+    if dev.type not in ("cpu", "cuda"):
+        return f"--device: expected cpu or cuda, got {device!r}"
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        return f"--device: expected cpu (no CUDA device is available here), got {device!r}"
+    return None
+
+
+def device_label(device: torch.device) -> str:
+    """``"cpu"`` or e.g. ``"cuda:0 (NVIDIA H200, CUDA 12.4)"`` for the results file."""
+    if device.type != "cuda":
+        return "cpu"
+    index = torch.cuda.current_device() if device.index is None else device.index
+    return f"cuda:{index} ({torch.cuda.get_device_name(index)}, CUDA {torch.version.cuda})"
 
 
 def kernel_name(block: NonLocalBlock2d, x: torch.Tensor) -> str:
@@ -109,7 +142,7 @@ def methods(
             xg = x.clone().requires_grad_(True)
             # A fixed random upstream gradient: z.sum() would be degenerate through the
             # train-mode BatchNorm (every gradient before it ~0).
-            grad = torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
+            grad = torch.randn(x.shape, generator=torch.Generator().manual_seed(1)).to(x.device)
 
             def step(
                 m: torch.nn.Module = module, xg: torch.Tensor = xg, grad: torch.Tensor = grad
@@ -123,17 +156,29 @@ def methods(
             yield label, step, reset
 
 
-def measure(case: dict[str, Any], pass_: str, warmup: int, repeat: int) -> Result:
-    """Time (interleaved) and profile the memory of nlgraph and naive on one case."""
+def measure(
+    case: dict[str, Any], pass_: str, warmup: int, repeat: int, device: str = "cpu"
+) -> Result:
+    """Time (interleaved) and profile the memory of nlgraph and naive on one case.
+
+    On CUDA every timed call ends with a synchronisation (so the kernels are timed, not their
+    launch), and the peak is :func:`torch.cuda.max_memory_allocated` above the start.
+    """
     mode, size = case["mode"], case["size"]
     n = math.prod(size)
-    block, x = build(mode, size)
+    dev = torch.device(device)
+    block, x = build(mode, size, device=dev)
     skip_naive = mode == "concatenation" and n > NAIVE_CONCAT_MAX_N
     naive = None if skip_naive else naive_from_block(block)
     runs = list(methods(block, naive, x, pass_))
 
     def timed(step: Callable[[], Any], reset: Callable[[], None]) -> Callable[[], None]:
-        return lambda: (reset(), step())
+        def run() -> None:
+            reset()
+            step()
+            synchronize(dev)  # CUDA: time the kernels, not their launch
+
+        return run
 
     times = _common.interleaved_medians(
         {label: timed(step, reset) for label, step, reset in runs}, warmup=warmup, repeat=repeat
@@ -141,7 +186,11 @@ def measure(case: dict[str, Any], pass_: str, warmup: int, repeat: int) -> Resul
     mems = {}
     for label, step, reset in runs:
         reset()
-        mems[label] = memory_stats(step)
+        stats = memory_stats(step, device=dev)
+        if dev.type == "cuda":  # the allocator's own peak; the profiler gives the largest block
+            reset()
+            stats = stats._replace(peak_bytes=peak_memory(step, device=dev))
+        mems[label] = stats
         reset()
     note = ""
     if skip_naive:
@@ -156,10 +205,16 @@ def measure(case: dict[str, Any], pass_: str, warmup: int, repeat: int) -> Resul
     )  # fmt: skip
 
 
-def matmul_gflops(size: int = 2048, repeat: int = 5) -> float:
-    """The machine's fp32 matmul ceiling: GFLOP/s of a size×size @ size×size sgemm (median)."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    t = _common.interleaved_medians({"mm": lambda: a @ b}, warmup=1, repeat=repeat)["mm"]
+def matmul_gflops(size: int = 2048, repeat: int = 5, device: str = "cpu") -> float:
+    """The device's fp32 matmul ceiling: GFLOP/s of a size×size @ size×size sgemm (median)."""
+    dev = torch.device(device)
+    a, b = torch.randn(size, size, device=dev), torch.randn(size, size, device=dev)
+
+    def mm() -> None:
+        torch.mm(a, b)
+        synchronize(dev)
+
+    t = _common.interleaved_medians({"mm": mm}, warmup=1, repeat=repeat)["mm"]
     return 2 * size**3 / t / 1e9
 
 
@@ -167,6 +222,16 @@ def attention_flops(n: int, n_keys: int, inter: int, backward: bool) -> float:
     """FLOPs of the two attention matmuls: forward 4·N·N'·C', backward ≈ 2.5× that."""
     fwd = 4 * n * n_keys * inter
     return fwd * (3.5 if backward else 1.0)
+
+
+def progress(items: Sequence[T], desc: str) -> Iterable[T]:
+    """``items`` with a progress bar on stderr (tqdm; none when stderr is not a terminal or
+    tqdm is missing: the per-case lines on stdout remain)."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return items
+    return tqdm(items, desc=desc, unit="case", file=sys.stderr, disable=None, leave=False)
 
 
 def find(results: Sequence[Result], mode: str, n: int, pass_: str) -> Result | None:
@@ -253,7 +318,11 @@ def report(results: Sequence[Result], ceiling: float | None) -> list[tuple[str, 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark, print the results and write the markdown file. Returns 0."""
     parser = _common.make_parser("dense", __doc__.split("\n", 1)[0])
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:i] (default: cpu)")
     args = parser.parse_args(argv)
+    if (why := device_error(args.device)) is not None:
+        parser.error(why)
+    device = torch.device(args.device)
     repeat = 2 if args.quick else args.repeat
     cases = [
         c for c in CASES
@@ -261,20 +330,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         and (not args.quick or c["size"][0] in QUICK_SIDES)
     ]  # fmt: skip
     info = _common.machine_info()
+    info["device"] = device_label(device)
     print("\n".join(f"{k}: {v}" for k, v in info.items()), flush=True)
     results = []
-    for case in cases:
-        for pass_ in PASSES:
-            r = measure(case, pass_, warmup=args.warmup, repeat=repeat)
-            results.append(r)
-            print(
-                f"{r.mode:>17} N={r.n:<6} {pass_:<8} nlgraph {_common.fmt_time(r.t_nl):>9} "
-                f"naive {_common.fmt_time(r.t_naive):>9} | peak {_common.fmt_bytes(r.mem_nl):>9} "
-                f"vs {_common.fmt_bytes(r.mem_naive):>9}",
-                flush=True,
-            )
+    runs = [(case, pass_) for case in cases for pass_ in PASSES]
+    bar = progress(runs, desc="dense")
+
+    def say(line: str) -> None:
+        write = getattr(bar, "write", None)  # tqdm.write keeps the bar below the lines
+        if write is None:
+            print(line, flush=True)
+        else:
+            write(line, file=sys.stdout)
+            sys.stdout.flush()
+
+    for case, pass_ in bar:
+        r = measure(case, pass_, warmup=args.warmup, repeat=repeat, device=args.device)
+        results.append(r)
+        say(
+            f"{r.mode:>17} N={r.n:<6} {pass_:<8} nlgraph {_common.fmt_time(r.t_nl):>9} "
+            f"naive {_common.fmt_time(r.t_naive):>9} | peak {_common.fmt_bytes(r.mem_nl):>9} "
+            f"vs {_common.fmt_bytes(r.mem_naive):>9}"
+        )
     needs_ceiling = find(results, "embedded_gaussian", 16384, "fwd+bwd") is not None
-    ceiling = matmul_gflops() if needs_ceiling else None
+    ceiling = matmul_gflops(device=args.device) if needs_ceiling else None
     sections = report(results, ceiling)
     info["load average (1 min) at end"] = _common.load_average()
     out = _common.write_results(

@@ -182,22 +182,95 @@ def test_cli_bench_forwards_flags(tmp_path):
     assert "| dot_product " in text and "| gaussian " not in text
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(not BENCH.is_file(), reason="needs the source checkout's benchmarks/")
-def test_cli_bench_writes_under_the_working_directory(tmp_path):
+def test_cli_bench_writes_under_the_working_directory(tmp_path, capsys):
     """Regression: ``nlgraph bench --quick`` without --out, even run from another directory,
-    overwrote the checkout's tracked benchmarks/results/dense.md with a quick run."""
+    overwrote the checkout's tracked benchmarks/results/dense.md with a quick run. In-process
+    (the autouse fixture runs it in tmp_path); one mode, N = 1024, no warm-up: about a second."""
     tracked = ROOT / "benchmarks" / "results" / "dense.md"
     before = tracked.read_bytes() if tracked.is_file() else None
-    proc = subprocess.run(
-        [sys.executable, "-m", "nlgraph", "bench", "--quick", "--only", "dot_product"],
-        cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    quick = ["bench", "--quick", "--only", "dot_product", "--warmup", "0"]
+    assert cli.main(quick) == 0
     out = tmp_path / "nlgraph-bench" / "dense.md"
-    assert "| dot_product " in out.read_text()
-    assert str(out) in proc.stdout
+    text = out.read_text()
+    assert "| dot_product " in text and "| gaussian " not in text
+    assert "- device: cpu" in text  # the results record the device
+    captured = capsys.readouterr()
+    assert str(out) in captured.out
+    assert "dense:" not in captured.err  # no progress bar when stderr is not a terminal
     assert (tracked.read_bytes() if tracked.is_file() else None) == before
+
+
+def test_cli_bench_passes_its_flags_on(tmp_path, monkeypatch):
+    """The flags given go to benchmarks/dense.py, with --out from --out-dir (relative to the
+    working directory) or --out itself."""
+    seen: list[list[str]] = []
+    monkeypatch.setattr(cli, "bench", lambda args: seen.append(list(args)) or 0)
+    argv = ["bench", "--quick", "--only", "gaussian", "--only", "dot_product", "--repeat", "3"]
+    assert cli.main([*argv, "--warmup", "0", "--device", "cpu", "--out-dir", "runs/a"]) == 0
+    assert cli.main(["bench", "--out", "x.md"]) == 0
+    assert cli.main(["bench"]) == 0
+    assert seen == [
+        ["--quick", "--only", "gaussian", "--only", "dot_product", "--repeat", "3",
+         "--warmup", "0", "--device", "cpu", "--out", str(tmp_path / "runs" / "a" / "dense.md")],
+        ["--out", str(tmp_path / "x.md")],
+        ["--out", str(tmp_path / "nlgraph-bench" / "dense.md")],
+    ]  # fmt: skip
+
+
+def test_cli_bench_help_lists_its_flags(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["bench", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: nlgraph bench")
+    for flag in ("--quick", "--only", "--repeat", "--warmup", "--device", "--out-dir", "--out"):
+        assert flag in out, flag
+    assert "./nlgraph-bench" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--bogus"], "unrecognized arguments: --bogus"),
+        (["--only", "dotproduct"], "--only: expected one of gaussian, embedded_gaussian, "),
+        (["--repeat", "0"], "--repeat: expected an int >= 1, got 0"),
+        (["--device", "tpu"], "--device: expected a device such as cpu or cuda:0, got 'tpu'"),
+    ],
+)
+def test_cli_bench_bad_flags_exit_2_with_the_bench_usage(argv, message, capsys, monkeypatch):
+    monkeypatch.setattr(cli, "bench", lambda args: pytest.fail("the benchmark must not run"))
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["bench", *argv])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: nlgraph bench") and message in err.splitlines()[-1]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error without CUDA")
+def test_cli_bench_cuda_without_cuda(capsys, monkeypatch):
+    monkeypatch.setattr(cli, "bench", lambda args: pytest.fail("the benchmark must not run"))
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["bench", "--quick", "--device", "cuda"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage: nlgraph bench" in err
+    assert err.splitlines()[-1] == (
+        "nlgraph bench: error: --device: expected cpu (no CUDA device is available here), "
+        "got 'cuda'"
+    )
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error without CUDA")
+@pytest.mark.skipif(not BENCH.is_file(), reason="needs the source checkout's benchmarks/")
+def test_dense_benchmark_refuses_cuda_without_cuda(capsys, tmp_path):
+    """benchmarks/dense.py run directly checks --device too (one line, exit 2)."""
+    with pytest.raises(SystemExit) as exit_info:
+        cli.bench(["--quick", "--device", "cuda", "--out", str(tmp_path / "dense.md")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage: benchmarks/dense.py" in err and "--device: expected cpu (no CUDA" in err
+    assert not (tmp_path / "dense.md").exists()
 
 
 CASES = [

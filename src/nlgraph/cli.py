@@ -1,12 +1,16 @@
-"""Command line: ``python -m nlgraph demo|bench|info`` (also installed as ``nlgraph``).
+"""Command line: ``python -m nlgraph demo|bench|info|check`` (also installed as ``nlgraph``).
 
 - ``info``: versions, CPU threads, optional packages and the allocator settings.
 - ``demo``: the four modes of a 2-D block on a random map, each checked against a float64
   reference and compared with the naive bmm+softmax block (time and peak memory); then the
   same map through the full, k-NN and window graphs (error vs the dense output, time, memory).
-- ``bench``: runs ``benchmarks/dense.py`` from a source checkout (extra flags are passed on);
-  the results file goes to ``./nlgraph-bench/dense.md`` unless ``--out`` says otherwise, never
-  over the checkout's ``benchmarks/results/dense.md``.
+- ``bench``: runs ``benchmarks/dense.py`` from a source checkout with its flags (``--quick``,
+  ``--only``, ``--repeat``, ``--warmup``, ``--device``); the results file goes to
+  ``./nlgraph-bench/dense.md`` unless ``--out-dir`` or ``--out`` says otherwise, never over the
+  checkout's ``benchmarks/results/dense.md``.
+- ``check``: imports a checkpoint with ``from_reference``, prints the block and compares it,
+  on a random float64 input, with the layout's own module where installed (mmcv), the round
+  trip ``to_reference`` and the naive block. See ``docs/cli.md``.
 """
 
 from __future__ import annotations
@@ -17,21 +21,21 @@ import math
 import os
 import platform
 import sys
-import warnings
 from collections.abc import Sequence
-from importlib import metadata
 from pathlib import Path
 
 import torch
 
 from . import __version__
+from ._check import CHECK_ATOL, CheckError, check, device_error, load_checkpoint
+from ._cli_util import importable, table, version_of
 from ._measure import format_bytes, format_seconds, median_time, peak_memory
 from ._naive import concat_tensor_bytes, naive_from_block
 from .graphs import KNN, GraphSpec, Window
 from .nn import NonLocalBlock2d
 from .pairwise import MODES
 
-__all__ = ["demo", "info", "main"]
+__all__ = ["CheckError", "bench", "check", "demo", "info", "load_checkpoint", "main"]
 
 #: glibc settings that keep large tensors on the heap (fresh mmaps page-fault at ~7 GB/s).
 ALLOCATOR_HINT = "MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=1099511627776"
@@ -42,25 +46,6 @@ DEMO_OUT_DIR = "nlgraph-demo"
 #: The demo skips the naive concatenation when its 2C'×N×N' tensor would exceed this.
 NAIVE_CONCAT_BUDGET = 3 * 2**29  # 1.5 GiB: N = 48x48 runs, 64x64 (4 GiB) does not
 OPTIONAL_PACKAGES = (("torch-scatter", "torch_scatter"), ("faiss", "faiss"), ("mmcv", "mmcv"))
-
-
-def _version(dist: str) -> str:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "not installed"
-
-
-def _importable(module: str) -> str:
-    if importlib.util.find_spec(module) is None:
-        return "no"
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            importlib.import_module(module)
-    except Exception as exc:  # a broken build (ABI mismatch) is worth reporting, not raising
-        return f"no ({type(exc).__name__}: {exc})".splitlines()[0][:120]
-    return "yes"
 
 
 def info(
@@ -77,11 +62,11 @@ def info(
         ("nlgraph", __version__),
         ("python", platform.python_version()),
         ("torch", torch.__version__),
-        ("torch_geometric", _version("torch-geometric")),
+        ("torch_geometric", version_of("torch-geometric")),
         ("CPU threads", f"{torch.get_num_threads()} (torch), {os.cpu_count()} logical cores"),
         ("CUDA", torch.version.cuda if torch.cuda.is_available() else "not available"),
     ]
-    rows += [(f"{dist} importable", _importable(module)) for dist, module in OPTIONAL_PACKAGES]
+    rows += [(f"{dist} importable", importable(module)) for dist, module in OPTIONAL_PACKAGES]
     alloc = {k: v for k, v in sorted(os.environ.items()) if k.startswith("MALLOC_")}
     if os.environ.get("LD_PRELOAD"):
         alloc["LD_PRELOAD"] = os.environ["LD_PRELOAD"]
@@ -183,16 +168,6 @@ def _reference_chunk(mode: str, n: int, n_keys: int, inter: int) -> int | None:
     return None if chunk >= n else chunk
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    lines = [" | ".join(h.ljust(w) for h, w in zip(headers, widths))]
-    lines.append("-+-".join("-" * w for w in widths))
-    for row in rows:
-        cells = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])]
-        lines.append(" | ".join(cells))
-    return "\n".join(lines)
-
-
 def _measure_forward(
     module: torch.nn.Module, x: torch.Tensor, warmup: int, repeat: int
 ) -> tuple[float, int]:
@@ -271,7 +246,7 @@ def demo(
             notes.append(note)
         if not math.isfinite(error) or error > DEMO_ATOL:
             failed.append(mode)
-    print(_table(headers, rows))
+    print(table(headers, rows))
     for note in notes:
         print(f"note: {note}")
     if failed:
@@ -369,7 +344,7 @@ def demo_sparse(size: int, channels: int, warmup: int, repeat: int, seed: int) -
         rows.append([label, kind, f"{error:.2e}", format_seconds(seconds), format_bytes(peak)])
         if exact and not (math.isfinite(error) and error <= DEMO_ATOL):
             failed.append(label)
-    print(_table(["graph", "kind", "max abs error", "time", "peak memory"], rows))
+    print(table(["graph", "kind", "max abs error", "time", "peak memory"], rows))
     if failed:
         print(f"FAILED: sparse graphs that must be exact are off by more than {DEMO_ATOL:g}: "
               f"{', '.join(failed)}")  # fmt: skip
@@ -392,12 +367,21 @@ BENCH_OUT_DIR = "nlgraph-bench"
 
 def bench(args: Sequence[str]) -> int:
     """Run ``benchmarks/dense.py``'s ``main(args)`` from a source checkout, if there is one;
-    without ``--out`` the results go to ``./nlgraph-bench/dense.md``."""
+    without ``--out`` in ``args`` the results go to ``./nlgraph-bench/dense.md``.
+
+    Args:
+        args (list of str): ``benchmarks/dense.py``'s flags (``nlgraph bench`` builds them).
+
+    Returns:
+        int: the benchmark's exit code; 2 without a source checkout.
+    """
     args = list(args)
-    if not any(a == "--out" or a.startswith("--out=") for a in args):
-        out = Path.cwd() / BENCH_OUT_DIR / "dense.md"
-        args += ["--out", str(out)]
-        print(f"bench: writing the results to {out}")
+    outs = [b for a, b in zip(args, args[1:]) if a == "--out"]
+    outs += [a.split("=", 1)[1] for a in args if a.startswith("--out=")]
+    if not outs:
+        outs = [str(Path.cwd() / BENCH_OUT_DIR / "dense.md")]
+        args += ["--out", outs[0]]
+    print(f"bench: writing the results to {outs[-1]}")
     script = _bench_script()
     if not script.is_file():
         print(
@@ -415,11 +399,13 @@ def bench(args: Sequence[str]) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from .compat import LAYOUTS
+
     parser = argparse.ArgumentParser(
         prog="nlgraph", description="nlgraph: graph-based non-local blocks for PyTorch."
     )
     parser.add_argument("--version", action="version", version=f"nlgraph {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,bench,info}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,bench,info,check}")
     i = sub.add_parser(
         "info",
         help="versions, threads, optional packages, allocator settings; with --n, the kernel "
@@ -439,25 +425,109 @@ def _parser() -> argparse.ArgumentParser:
         "--out-dir", type=Path, default=Path(DEMO_OUT_DIR),
         help=f"where the attention picture goes (default: ./{DEMO_OUT_DIR})",
     )  # fmt: skip
-    sub.add_parser(
+    b = sub.add_parser(
         "bench",
-        help="run benchmarks/dense.py (source checkout); other flags go to it",
-        add_help=False,
+        help="run benchmarks/dense.py (source checkout): nlgraph vs the naive block",
+        description="Run benchmarks/dense.py from the source checkout: every mode of a dense "
+        "NonLocalBlock2d against the naive bmm+softmax block (time and peak memory, forward "
+        f"and forward+backward). Results go to ./{BENCH_OUT_DIR}/dense.md unless --out or "
+        "--out-dir says otherwise (by default never the checkout's benchmarks/results/).",
     )
-    parser.set_defaults(_subparsers={"info": i, "demo": d})
+    b.add_argument("--quick", action="store_true", help="N = 1024 only, 2 timed runs (smoke test)")
+    b.add_argument(
+        "--only", action="append", metavar="MODE",
+        help=f"run only this mode (repeatable): {', '.join(MODES)}",
+    )  # fmt: skip
+    b.add_argument("--repeat", type=int, default=None, help="timed runs per case (default: 5)")
+    b.add_argument("--warmup", type=int, default=None, help="untimed runs per case (default: 1)")
+    b.add_argument("--device", default=None, help="cpu or cuda[:i] (default: cpu)")
+    b.add_argument(
+        "--out-dir", type=Path, default=Path(BENCH_OUT_DIR),
+        help=f"folder of the results file dense.md (default: ./{BENCH_OUT_DIR})",
+    )  # fmt: skip
+    b.add_argument("--out", type=Path, default=None, help="the results file (overrides --out-dir)")
+    c = sub.add_parser(
+        "check",
+        help="import a checkpoint with from_reference and compare it with the reference module",
+        description="Load CHECKPOINT (torch.load(weights_only=True)), import it with "
+        "from_reference, print the block, and compare on a random float64 input: the round "
+        "trip to_reference == checkpoint, the layout's own module where it is installed (mmcv), "
+        f"and the naive block. Exit 0: all pass (tolerance {CHECK_ATOL:g}); 1: a difference "
+        "exceeds it; 2: bad arguments.",
+    )
+    c.add_argument("checkpoint", type=Path, metavar="CHECKPOINT", help="the checkpoint file")
+    c.add_argument(
+        "--layout", required=True, metavar="LAYOUT",
+        help=f"the checkpoint's key layout: {', '.join(LAYOUTS)}",
+    )  # fmt: skip
+    c.add_argument("--dims", type=int, default=None, help="1, 2 or 3 (default: from the weights)")
+    c.add_argument(
+        "--mode", default=None,
+        help=f"pairwise mode: {', '.join(MODES)} (default: from the keys; embedded_gaussian and "
+        "dot_product have the same keys, then embedded_gaussian with a note)",
+    )  # fmt: skip
+    c.add_argument(
+        "--prefix", default=None,
+        help="the block's module path in a larger state_dict, e.g. layer3.1.nl (caffe2: blob "
+        "prefix)",
+    )  # fmt: skip
+    c.add_argument(
+        "--key", default=None,
+        help="the entry holding the state_dict, e.g. state_dict or model (default: the file's "
+        "dict, or its only dict of tensors)",
+    )  # fmt: skip
+    c.add_argument(
+        "--scale", default=None, metavar="{inner,input,none}",
+        help="softmax temperature the checkpoint's module used (mmcv/timm use_scale=False: "
+        "none; default: the layout's)",
+    )  # fmt: skip
+    c.add_argument("--device", default="cpu", help="cpu or cuda[:i] (default: cpu)")
+    c.add_argument("--seed", type=int, default=0, help="seed of the random input (default: 0)")
+    c.add_argument("--size", type=int, default=8, help="side of the input map (default: 8)")
+    parser.set_defaults(_subparsers={"info": i, "demo": d, "bench": b, "check": c})
     return parser
+
+
+def _bench_argv(args: argparse.Namespace, usage: argparse.ArgumentParser) -> list[str]:
+    """``benchmarks/dense.py``'s flags for the parsed ``bench`` arguments (errors: usage)."""
+    argv = ["--quick"] if args.quick else []
+    for mode in args.only or []:
+        if mode not in MODES:
+            usage.error(f"--only: expected one of {', '.join(MODES)}, got {mode!r}")
+        argv += ["--only", mode]
+    for name, low in (("repeat", 1), ("warmup", 0)):
+        value = getattr(args, name)
+        if value is not None:
+            if value < low:
+                usage.error(f"--{name}: expected an int >= {low}, got {value}")
+            argv += [f"--{name}", str(value)]
+    if args.device is not None:
+        if (why := device_error(args.device)) is not None:
+            usage.error(why)
+        argv += ["--device", args.device]
+    out = args.out if args.out is not None else args.out_dir / "dense.md"
+    return argv + ["--out", str(out.resolve())]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m nlgraph`` and the ``nlgraph`` script; returns the exit code."""
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
-    if args.command == "bench":
-        return bench(extra)
     # Errors of a subcommand print that subcommand's usage.
     usage: argparse.ArgumentParser = args._subparsers.get(args.command, parser)
     if extra:
         usage.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.command == "bench":
+        return bench(_bench_argv(args, usage))
+    if args.command == "check":
+        try:
+            return check(
+                args.checkpoint, args.layout, dims=args.dims, mode=args.mode,
+                prefix=args.prefix, key=args.key, scale=args.scale, device=args.device,
+                seed=args.seed, size=args.size,
+            )  # fmt: skip
+        except CheckError as exc:
+            usage.error(str(exc))
     if args.command == "info":
         for name in ("n", "k", "channels"):
             value = getattr(args, name)

@@ -1,0 +1,43 @@
+"""Small helpers shared by the command line (:mod:`nlgraph.cli`) and its ``check`` command."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import warnings
+from collections.abc import Sequence
+from importlib import metadata
+
+__all__ = ["importable", "table", "version_of"]
+
+
+def version_of(dist: str) -> str:
+    """The installed version of distribution ``dist``, or ``"not installed"``."""
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def importable(module: str) -> str:
+    """``"yes"`` when ``module`` imports, else ``"no"`` with the reason of a broken build."""
+    if importlib.util.find_spec(module) is None:
+        return "no"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            importlib.import_module(module)
+    except Exception as exc:  # a broken build (ABI mismatch) is worth reporting, not raising
+        return f"no ({type(exc).__name__}: {exc})".splitlines()[0][:120]
+    return "yes"
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A plain-text table: the first column left-aligned, the others right-aligned."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    lines = [" | ".join(h.ljust(w) for h, w in zip(headers, widths))]
+    lines.append("-+-".join("-" * w for w in widths))
+    for row in rows:
+        cells = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])]
+        lines.append(" | ".join(cells))
+    return "\n".join(lines)
