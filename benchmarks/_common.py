@@ -150,3 +150,50 @@ def write_results(
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(parts))
     return out
+
+
+#: Seconds per time unit written by :func:`fmt_time` (``ms``, ``s``), plus finer ones.
+_TIME_UNITS = {"ns": 1e-9, "µs": 1e-6, "us": 1e-6, "ms": 1e-3, "s": 1.0}
+#: Bytes per memory unit written by :func:`fmt_bytes`.
+_BYTE_UNITS = {"B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "TiB": 1024**4}
+
+
+def _split_quantity(text: str, units: dict[str, float], what: str) -> tuple[float, float] | None:
+    """``"35.4 ms"`` -> (35.4, 1e-3); None for ``"—"``; ValueError for anything else."""
+    text = text.strip()
+    if text in ("—", "-", ""):
+        return None
+    number, _, unit = text.partition(" ")
+    if unit not in units:
+        raise ValueError(
+            f"{what}: expected a number and one of {', '.join(units)} (or '—'), got {text!r}"
+        )
+    try:
+        return float(number), units[unit]
+    except ValueError:
+        raise ValueError(f"{what}: expected a number before {unit!r}, got {text!r}") from None
+
+
+def parse_time(text: str) -> float | None:
+    """Seconds from a :func:`fmt_time` string: ``"35.4 ms"`` -> 0.0354; ``"—"`` -> None.
+
+    The inverse of :func:`fmt_time` up to its rounding (3 significant digits).
+
+    Raises:
+        ValueError: "time: expected a number and one of ns, µs, us, ms, s (or '—'), got '35 m'"
+    """
+    parts = _split_quantity(text, _TIME_UNITS, "time")
+    return None if parts is None else parts[0] * parts[1]
+
+
+def parse_bytes(text: str) -> int | None:
+    """Bytes from a :func:`fmt_bytes` string: ``"2.39 MiB"`` -> 2506097; ``"—"`` -> None.
+
+    The inverse of :func:`fmt_bytes` up to its rounding (3 significant digits; the result is
+    rounded to whole bytes).
+
+    Raises:
+        ValueError: "bytes: expected a number and one of B, KiB, MiB, GiB, TiB (or '—'), got '2 MB'"
+    """
+    parts = _split_quantity(text, _BYTE_UNITS, "bytes")
+    return None if parts is None else round(parts[0] * parts[1])
