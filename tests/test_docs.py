@@ -1,48 +1,69 @@
-"""The documentation: docs/api.md is current, public names are documented and typed, the
-examples in the docs run, and relative links and anchors resolve."""
+"""The documentation: the mkdocs site builds with ``--strict`` (every public name in the API
+reference, every link and cross-reference resolved, no docstring warning), public names are
+documented and typed, the code of every page runs, and relative links and anchors resolve."""
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import inspect
+import os
 import re
+import subprocess
 import sys
+import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 README = ROOT / "README.md"
-#: Pages whose ```python blocks are executed, each page in one namespace, in order.
-RUNNABLE_PAGES = (
-    "index.md",
-    "nonlocal_block.md",
-    "presets.md",
-    "nodes.md",
-    "glore.md",
-    "objects.md",
-)
+#: Pages whose ```python blocks are executed, each page in one namespace, in order: all of them.
+RUNNABLE_PAGES = tuple(sorted(p.name for p in DOCS.glob("*.md") if "```python" in p.read_text()))
 ALLOWED_UNANNOTATED = {"self", "cls"}
+#: The modules the API reference documents (docs/api/*.md), most specific first.
+MODULES = (
+    "nlgraph.nn",
+    "nlgraph.graphs",
+    "nlgraph.nodes",
+    "nlgraph.transforms",
+    "nlgraph.ops",
+    "nlgraph.pairwise",
+    "nlgraph.compat",
+    "nlgraph.attention",
+    "nlgraph.viz",
+    "nlgraph",
+)
+_PACKAGE = ROOT / "src" / "nlgraph"
 
 
-def _load_gen_api() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("nlgraph_gen_api", DOCS / "gen_api.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while decorating
-    spec.loader.exec_module(module)
-    return module
+@dataclass
+class Entry:
+    """One public name: the module that exports it and the object."""
+
+    module: str
+    name: str
+    obj: Any
+
+    @property
+    def qualname(self) -> str:
+        return f"{self.module}.{self.name}"
 
 
-gen = _load_gen_api()
-ENTRIES = gen.collect()
+ENTRIES = [
+    Entry(m, n, getattr(importlib.import_module(m), n))
+    for m in MODULES
+    for n in importlib.import_module(m).__all__
+]
 
 
-def _unique(entries: list) -> list:
+def _unique(entries: list[Entry]) -> list[Entry]:
     """One entry per object, under its first (most specific) exporting module."""
-    first: dict[int, object] = {}
+    first: dict[int, Entry] = {}
     for e in entries:
         first.setdefault(id(e.obj), e)
     return list(first.values())
@@ -52,63 +73,206 @@ CLASSES = _unique([e for e in ENTRIES if inspect.isclass(e.obj)])
 ROUTINES = _unique([e for e in ENTRIES if inspect.isroutine(e.obj)])
 
 
-def _ids(entries: list) -> list[str]:
+def _ids(entries: list[Entry]) -> list[str]:
     return [e.qualname for e in entries]
 
 
-def test_api_md_is_up_to_date() -> None:
-    expected = gen.render()
-    current = gen.API_PATH.read_text()
-    assert current == expected, "docs/api.md is stale: run `python docs/gen_api.py`"
-    assert gen.main(["--check"]) == 0
-
-
-def test_check_mode_detects_a_stale_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    stale = tmp_path / "api.md"
-    stale.write_text(gen.render() + "\nedited by hand\n")
-    monkeypatch.setattr(gen, "API_PATH", stale)
-    assert gen.main(["--check"]) == 1
-    assert gen.main([]) == 0  # regenerates the file
-    assert gen.main(["--check"]) == 0
-
-
-def test_every_documented_module_is_covered() -> None:
-    names = {e.module for e in ENTRIES}
-    for required in ("nlgraph", "nlgraph.nn", "nlgraph.ops", "nlgraph.pairwise"):
-        assert required in names
-    assert any(e.qualname == "nlgraph.attention.Attention" for e in ENTRIES)
+def _comment_doc(module: ModuleType, name: str) -> str:
+    """The ``#:`` comment lines right above ``name = ...`` (or ``name: T = ...``) in ``module``."""
     try:
-        compat = importlib.import_module("nlgraph.compat")
-    except ImportError:
-        return
-    if hasattr(compat, "__all__"):
-        assert "nlgraph.compat" in names
+        lines = inspect.getsource(module).splitlines()
+    except (OSError, TypeError):
+        return ""
+    pattern = re.compile(rf"^{re.escape(name)}\s*[:=]")
+    for i, line in enumerate(lines):
+        if pattern.match(line):
+            doc = []
+            while i > 0 and lines[i - 1].lstrip().startswith("#:"):
+                i -= 1
+                doc.insert(0, lines[i].lstrip()[2:].strip())
+            return " ".join(doc)
+    return ""
+
+
+def _docstring_of(entry: Entry) -> str:
+    """The object's docstring, or for data the ``#:`` comment above its assignment in any
+    nlgraph module that holds it (what the site's griffe extension shows)."""
+    if inspect.ismodule(entry.obj) or inspect.isclass(entry.obj) or inspect.isroutine(entry.obj):
+        return inspect.cleandoc(entry.obj.__doc__ or "")
+    owners = [importlib.import_module(entry.module)] + [
+        sys.modules[m]
+        for m in sorted(sys.modules)
+        if m.startswith("nlgraph") and getattr(sys.modules[m], entry.name, None) is entry.obj
+    ]
+    return next((d for d in (_comment_doc(o, entry.name) for o in owners) if d), "")
+
+
+def _member_function(raw: Any) -> Any:
+    """The function behind a method, classmethod, staticmethod or property (its getter)."""
+    if isinstance(raw, property):
+        return raw.fget
+    return getattr(raw, "__func__", raw)
+
+
+def _public_members(cls: type) -> list[tuple[str, Any]]:
+    """Public methods and properties of ``cls`` written in nlgraph's source (inherited ones
+    included), except overrides of a non-nlgraph base's methods other than ``forward``."""
+    members = []
+    for name in sorted(dir(cls)):
+        if name.startswith("_"):
+            continue
+        owner = next((k for k in cls.__mro__ if name in k.__dict__), None)
+        if owner is None or not owner.__module__.startswith("nlgraph"):
+            continue
+        raw = owner.__dict__[name]
+        if not (isinstance(raw, (property, classmethod, staticmethod)) or inspect.isfunction(raw)):
+            continue
+        # PyG's MessagePassing writes generated methods (collect, propagate...) into subclasses.
+        code = getattr(_member_function(raw), "__code__", None)
+        if code is not None and not Path(code.co_filename).resolve().is_relative_to(_PACKAGE):
+            continue
+        foreign = any(
+            name in k.__dict__ and not k.__module__.startswith("nlgraph") for k in cls.__mro__
+        )
+        if not foreign or name == "forward":
+            members.append((name, raw))
+    return members
+
+
+# --- the site -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The docs site, built once by ``mkdocs build --strict`` (what ``make docs`` runs)."""
+    for name in ("mkdocs", "material", "mkdocstrings_handlers.python"):
+        pytest.importorskip(name, reason="the docs extra (pip install nlgraph[docs])")
+    out = tmp_path_factory.mktemp("site")
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
+    # Not -q: it hides the warnings, and --strict then has none to count.
+    cmd = [sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"mkdocs build --strict failed:\n{proc.stdout}{proc.stderr}"
+    return out
+
+
+def _inventory(site: Path) -> set[str]:
+    """The object names of the site's ``objects.inv`` (Sphinx inventory v2, zlib body)."""
+    raw = (site / "objects.inv").read_bytes().split(b"\n", 4)[4]
+    return {line.split(" ", 1)[0] for line in zlib.decompress(raw).decode().splitlines()}
+
+
+def _load_extension() -> ModuleType:
+    pytest.importorskip("griffe", reason="the docs extra (pip install nlgraph[docs])")
+    spec = importlib.util.spec_from_file_location("nlgraph_docs_griffe", DOCS / "_griffe_rest.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_api_pages_render_the_documented_modules() -> None:
+    """docs/api/*.md render exactly MODULES, each in the nav, and the griffe extension links
+    names to the same modules."""
+    rendered = {
+        m
+        for p in (DOCS / "api").glob("*.md")
+        for m in re.findall(r"^::: ([\w.]+)", p.read_text(), re.M)
+    }
+    assert rendered == set(MODULES)
+    nav = (ROOT / "mkdocs.yml").read_text()
+    for page in (DOCS / "api").glob("*.md"):
+        assert f"api/{page.name}" in nav, f"docs/api/{page.name} is not in the nav"
+    assert _load_extension().DOCUMENTED == MODULES
+
+
+def test_every_page_is_in_the_nav() -> None:
+    nav = (ROOT / "mkdocs.yml").read_text()
+    for page in DOCS.glob("*.md"):
+        assert re.search(rf": {re.escape(page.name)}$", nav, re.M), f"{page.name} not in the nav"
 
 
 @pytest.mark.parametrize("entry", ENTRIES, ids=_ids(ENTRIES))
-def test_public_name_appears_in_api_md(entry) -> None:
-    text = gen.API_PATH.read_text()
-    if inspect.ismodule(entry.obj):
-        assert f"## `{entry.obj.__name__}`" in text or f"`{entry.name}`" in text
+def test_public_name_is_in_the_api_reference(site: Path, entry: Entry) -> None:
+    """Every name of every documented ``__all__`` has an entry (an anchor) in the site."""
+    if entry.name == "__version__":
+        assert "`nlgraph.__version__`" in (DOCS / "api" / "index.md").read_text()
         return
-    exported_as = {f"`{e.qualname}`" for e in ENTRIES if e.obj is entry.obj}
-    assert any(f"### {q}" in text for q in exported_as), f"{entry.qualname} has no entry"
-    assert f"`{entry.name}`" in text or f"`{entry.qualname}`" in text
+    names = _inventory(site)
+    target = entry.obj.__name__ if inspect.ismodule(entry.obj) else entry.qualname
+    assert target in names, f"{entry.qualname} is not in the API reference"
+
+
+def test_api_pages_render_math_tables_and_links(site: Path) -> None:
+    """The reST of the docstrings reached the site as MathJax, tables and links: no raw role
+    or directive is left on any API page."""
+    pages = {p: p.read_text() for p in (site / "api").rglob("index.html")}
+    assert len(pages) == len(MODULES)
+    for path, html in pages.items():
+        for raw in (".. math::", ":math:`", ":class:`", ":func:`", ":meth:`", "``"):
+            assert raw not in html, f"{path.relative_to(site)} shows {raw!r}"
+    pairwise = pages[site / "api" / "pairwise" / "index.html"]
+    assert 'class="arithmatex"' in pairwise and "<table>" in pairwise
+    assert r"\vert N(i)\vert" in pairwise  # "|" inside math, not an escaped table bar
+    nn = pages[site / "api" / "nn" / "index.html"]
+    assert 'href="../graphs/#nlgraph.graphs.KNN"' in nn  # :class:`~nlgraph.graphs.KNN`
+
+
+def test_rest_to_markdown() -> None:
+    """The griffe extension's conversion of one docstring, against hand-written Markdown."""
+    import griffe
+
+    ext = _load_extension()
+    pkg = griffe.load("nlgraph", search_paths=[str(ROOT / "src")])
+    public = ext.public_names(pkg)
+    doc = inspect.cleandoc(
+        """Summary with ``code``, :math:`C'^{-1/2}`, :class:`~nlgraph.Attention` and
+        :func:`torch.softmax`.
+
+        .. math::
+            y_i = x_i
+
+        ====  =====
+        a     :math:`|b|`
+        ====  =====
+        1     2
+        ====  =====
+        """
+    )
+    md = ext.rest_to_markdown(doc, pkg, public, pkg["nn"])
+    assert "`code`" in md and "$C'^{-1/2}$" in md
+    assert "[`Attention`][nlgraph.attention.Attention]" in md  # first documented module
+    assert "`torch.softmax()`" in md and "][torch" not in md  # foreign: code, no link
+    assert "$$\ny_i = x_i\n$$" in md
+    assert "| a | $\\vert b\\vert$ |\n|---|---|\n| 1 | 2 |" in md
+
+
+def test_a_stale_reference_is_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    """A role naming an nlgraph object that does not exist is logged as a warning, which
+    ``mkdocs build --strict`` turns into a failure."""
+    import griffe
+
+    ext = _load_extension()
+    pkg = griffe.load("nlgraph", search_paths=[str(ROOT / "src")])
+    with caplog.at_level("WARNING"):
+        md = ext.rest_to_markdown(":func:`nlgraph.graphs.no_such_builder`", pkg, {}, pkg)
+    assert "`nlgraph.graphs.no_such_builder()`" in md
+    assert "names no object" in caplog.text
 
 
 @pytest.mark.parametrize("entry", ENTRIES, ids=_ids(ENTRIES))
-def test_public_name_has_a_docstring(entry) -> None:
+def test_public_name_has_a_docstring(entry: Entry) -> None:
     if entry.name.startswith("__") and entry.name.endswith("__"):
         pytest.skip("dunder metadata")
-    module = importlib.import_module(entry.module)
-    doc = gen.docstring_of(module, entry.name, entry.obj)
-    assert doc.strip(), f"{entry.qualname}: missing docstring (or '#:' comment for data)"
+    assert _docstring_of(entry).strip(), f"{entry.qualname}: missing docstring (or '#:' comment)"
 
 
 @pytest.mark.parametrize("entry", CLASSES, ids=_ids(CLASSES))
-def test_public_methods_have_docstrings(entry) -> None:
+def test_public_methods_have_docstrings(entry: Entry) -> None:
     missing = [
-        name for name, _ in gen.public_members(entry.obj) if not gen.member_doc(entry.obj, name)
+        name
+        for name, _ in _public_members(entry.obj)
+        if not inspect.getdoc(getattr(entry.obj, name))
     ]
     assert not missing, f"{entry.qualname}: public members without a docstring: {missing}"
 
@@ -127,12 +291,12 @@ def _unannotated(func: object, skip_first: bool) -> list[str]:
 
 
 @pytest.mark.parametrize("entry", ROUTINES, ids=_ids(ROUTINES))
-def test_public_functions_have_type_hints(entry) -> None:
+def test_public_functions_have_type_hints(entry: Entry) -> None:
     assert not _unannotated(entry.obj, skip_first=False), entry.qualname
 
 
 @pytest.mark.parametrize("entry", CLASSES, ids=_ids(CLASSES))
-def test_public_classes_have_type_hints(entry) -> None:
+def test_public_classes_have_type_hints(entry: Entry) -> None:
     cls = entry.obj
     problems = {}
     init_owner = next(k for k in cls.__mro__ if "__init__" in k.__dict__)
@@ -141,49 +305,21 @@ def test_public_classes_have_type_hints(entry) -> None:
         bad = _unannotated(init_owner.__dict__["__init__"], skip_first=True)
         if bad:
             problems["__init__"] = bad
-    for name, raw in gen.public_members(cls):
-        fn = gen.member_function(raw)
-        bad = _unannotated(fn, skip_first=not isinstance(raw, staticmethod))
+    for name, raw in _public_members(cls):
+        bad = _unannotated(_member_function(raw), skip_first=not isinstance(raw, staticmethod))
         if bad:
             problems[name] = bad
     assert not problems, f"{entry.qualname}: parameters without type hints: {problems}"
 
 
-def test_docstring_conversion() -> None:
-    doc = inspect.cleandoc(
-        """Summary with ``code`` and :math:`C'^{-1/2}` and :class:`~nlgraph.Attention`.
-
-        .. math::
-            y_i = x_i
-
-        Args:
-            a (int): first line
-                continued.
-            b (str): second.
-
-        Example:
-            >>> 1 + 1
-            2
-        """
-    )
-    md = gen.docstring_to_markdown(doc)
-    assert "`code`" in md and "$C'^{-1/2}$" in md and "`nlgraph.Attention`" in md
-    assert "```math\ny_i = x_i\n```" in md
-    assert "- `a` (int): first line continued." in md and "- `b` (str): second." in md
-    assert "```python\n>>> 1 + 1\n2\n```" in md
-
-
-def test_signatures_keep_source_annotations() -> None:
-    def f(x: int, *, y: str | None = None, **kw: object) -> float:  # pragma: no cover
-        return 0.0
-
-    assert (
-        gen.format_signature("f", f) == "f(x: int, *, y: str | None = None, **kw: object) -> float"
-    )
+def _slug(heading: str) -> str:
+    """The anchor of a heading (GitHub's and the site's toc): lower case, punctuation dropped,
+    spaces to hyphens."""
+    return re.sub(r"[^a-z0-9 _-]", "", heading.lower()).replace(" ", "-")
 
 
 def _headings_slugs(text: str) -> set[str]:
-    return {gen._slug(h.replace("`", "")) for h in re.findall(r"^#+ (.+)$", text, re.M)}
+    return {_slug(h.replace("`", "")) for h in re.findall(r"^#+ (.+)$", text, re.M)}
 
 
 @pytest.mark.parametrize("page", sorted(p.name for p in DOCS.glob("*.md")))

@@ -84,7 +84,8 @@ class GlobalReasoning(nn.Module):
             follow the comment, as nlgraph's non-local blocks do. (default: ``True``)
         norm_eps (float): epsilon of the BatchNorm. (default: ``1e-4``, the official value)
         norm_momentum (float): momentum of the BatchNorm. (default: ``0.1``)
-        device, dtype: forwarded to every parameter.
+        device (torch.device, optional): where every parameter is created. (default: ``None``)
+        dtype (torch.dtype, optional): the dtype of every parameter. (default: ``None``)
 
     Shapes:
         - input x: (B, C, \*S) with 1 to 3 spatial dims, N = prod(S) positions; or (N, C) node
@@ -92,14 +93,16 @@ class GlobalReasoning(nn.Module):
         - output: same shape as x
 
     Attributes:
-        phi: Linear(C, C') with bias (the reduce conv); theta: Linear(C, M) with bias (the
-        projection B); adjacency: Linear(M, M) with bias (A_g, the node-wise conv);
-        state_update: Linear(C', C', bias=False) (W_g); extend: Linear(C', C, bias=False) (W_e);
-        norm: BatchNorm1d(C) or ``None``. The 1x1 convolutions are Linear layers on channels-last
-        rows, so one module serves every number of spatial dims; an official ``GloRe_Unit``
-        state_dict maps onto them by reshaping (out, in, 1, …) weights to (out, in):
-        ``conv_state → phi``, ``conv_proj → theta``, ``gcn.conv1 → adjacency``,
-        ``gcn.conv2 → state_update``, ``conv_extend → extend``, ``blocker → norm``.
+        phi: Linear(C, C') with bias (the reduce conv; official ``conv_state``).
+        theta: Linear(C, M) with bias (the projection B; official ``conv_proj``).
+        adjacency: Linear(M, M) with bias (A_g, the node-wise conv; official ``gcn.conv1``).
+        state_update: Linear(C', C', bias=False) (W_g; official ``gcn.conv2``).
+        extend: Linear(C', C, bias=False) (W_e; official ``conv_extend``).
+        norm: BatchNorm1d(C) or ``None`` (official ``blocker``).
+
+    The 1x1 convolutions are Linear layers on channels-last rows, so one module serves every
+    number of spatial dims; an official ``GloRe_Unit`` state_dict maps onto them by reshaping
+    (out, in, 1, …) weights to (out, in), under the names above.
 
     Raises:
         ValueError: a non-positive width, an unknown option, an input that is neither 2-D nor 3-

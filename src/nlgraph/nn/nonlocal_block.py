@@ -119,7 +119,8 @@ class NonLocalBlockNd(nn.Module):
             means ``latent=Latent(M)``. (default: ``None``)
         backend (str): kernel for :func:`nlgraph.ops.nonlocal_aggregate`: ``"auto"``,
             ``"dense"``, ``"regular"``, ``"coo"`` or ``"csr"``. (default: ``"auto"``)
-        device, dtype: forwarded to every parameter.
+        device (torch.device, optional): where every parameter is created. (default: ``None``)
+        dtype (torch.dtype, optional): the dtype of every parameter. (default: ``None``)
 
     Shapes:
         - input x: (B, C, \*S); N = prod(S) queries; N' = prod(floor(S_d / pool_d)) keys with

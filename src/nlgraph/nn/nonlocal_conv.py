@@ -80,7 +80,8 @@ class NonLocalConv(MessagePassing):
             ``None``. (default: ``None``)
         residual (bool): add the target features :math:`\mathbf{x}_i`. (default: ``True``)
         bias (bool): give :math:`W_z` a bias :math:`b_z`. (default: ``True``)
-        device, dtype: forwarded to every parameter.
+        device (torch.device, optional): where every parameter is created. (default: ``None``)
+        dtype (torch.dtype, optional): the dtype of every parameter. (default: ``None``)
 
     Shapes:
         - input: node features (N, C) or bipartite ``(x_src (N_src, C), x_dst (N_dst, C))``;
@@ -89,11 +90,15 @@ class NonLocalConv(MessagePassing):
           ``((N_dst, C), ((2, E), (E, 1)))``, the weights in PyG's (E, heads) layout
 
     Attributes:
-        theta, phi: Linear(C, C') (``None`` in the Gaussian mode); g: Linear(C, C');
-        w_z: Linear(C', C); norm: BatchNorm1d(C) or ``None``; concat_project:
-        Linear(2C', 1, bias=False) with weight [u; w] (θ half first), concatenation only.
-        The names are the block's, so its 1x1-conv weights map one to one
-        (:meth:`from_reference`).
+        theta, phi: Linear(C, C') (``None`` in the Gaussian mode).
+        g: Linear(C, C').
+        w_z: Linear(C', C).
+        norm: BatchNorm1d(C) or ``None``.
+        concat_project: Linear(2C', 1, bias=False) with weight [u; w] (θ half first), in the
+            concatenation mode only.
+
+    The names are the block's, so its 1x1-conv weights map one to one
+    (:meth:`from_reference`).
 
     Example:
         >>> conv = NonLocalConv(16, 8)

@@ -94,7 +94,8 @@ class RelationNetwork(nn.Module):
             keeps the graph as it is. (default: ``True``: the paper sums over all i, j)
         chunk_size (int): edges per chunk (over the whole batch). (default: 65536)
         checkpoint (bool): recompute each chunk in backward (see Cost). (default: ``False``)
-        device, dtype: forwarded to every parameter.
+        device (torch.device, optional): where every parameter is created. (default: ``None``)
+        dtype (torch.dtype, optional): the dtype of every parameter. (default: ``None``)
 
     Shapes:
         - dense input: x (B, N, C), cond (B, C_c); output (B, out) (graph readout) or
@@ -105,8 +106,10 @@ class RelationNetwork(nn.Module):
 
     Attributes:
         g_target, g_source: Linear(C, H), :math:`W_a` (with the bias :math:`b_1`) and
-        :math:`W_b`; g_cond: Linear(C_c, H, bias=False), :math:`W_c` (``None`` without c);
-        g: the ReLU and the layers 2 .. ``g_layers`` of :math:`g_\theta`; f: :math:`f_\phi`.
+            :math:`W_b`.
+        g_cond: Linear(C_c, H, bias=False), :math:`W_c` (``None`` without c).
+        g: the ReLU and the layers 2 .. ``g_layers`` of :math:`g_\theta`.
+        f: :math:`f_\phi`.
 
     Raises:
         ValueError: bad widths or options at construction; at forward, inputs of the wrong
