@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
 
 from nlgraph import NonLocalBlock2d  # noqa: E402
+from nlgraph._cli_util import device_error  # noqa: E402
 from nlgraph._measure import memory_stats, peak_memory  # noqa: E402
 from nlgraph._naive import concat_tensor_bytes, naive_from_block  # noqa: E402
 from nlgraph.ops.dispatch import select_kernel  # noqa: E402
@@ -92,19 +93,6 @@ def synchronize(device: torch.device) -> None:
     """Wait for the device's queued kernels (CUDA); nothing on the CPU."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def device_error(device: str) -> str | None:
-    """Why ``--device`` cannot run here (``"--device: expected ..., got ..."``), or None."""
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        return f"--device: expected a device such as cpu or cuda:0, got {device!r}"
-    if dev.type not in ("cpu", "cuda"):
-        return f"--device: expected cpu or cuda, got {device!r}"
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        return f"--device: expected cpu (no CUDA device is available here), got {device!r}"
-    return None
 
 
 def device_label(device: torch.device) -> str:

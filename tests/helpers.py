@@ -280,6 +280,20 @@ def randomise_block_(block: torch.nn.Module, std: float = 0.4) -> torch.nn.Modul
     return block
 
 
+def randomise_state_(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Every floating tensor of the state_dict N(0, 0.3²) and running variances U(0.5, 1.5),
+    from a seeded generator: works on any module (nlgraph's or a reference's), so W_z and the
+    norm are not zero and a comparison of two modules means something."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, t in module.state_dict().items():
+            if name.endswith("running_var"):
+                t.copy_(torch.rand(t.shape, generator=gen, dtype=t.dtype) + 0.5)
+            elif t.is_floating_point():
+                t.copy_(0.3 * torch.randn(t.shape, generator=gen, dtype=t.dtype))
+    return module
+
+
 #: The example scripts (not a package: their shared helpers import as ``_example_utils``).
 EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "examples"
 

@@ -12,6 +12,7 @@ import torch
 
 import nlgraph._check
 from nlgraph import NonLocalBlock2d, NonLocalBlock3d, cli
+from tests.helpers import randomise_state_
 
 NORMS = {1: "BN1d", 2: "BN", 3: "BN3d"}
 SHAPES = {1: (9,), 2: (5, 7), 3: (3, 4, 5)}
@@ -22,23 +23,10 @@ def _run_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
 
 
-def randomise_(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Every float tensor N(0, 0.3²), running variances U(0.5, 1.5): W_z and the norm are not
-    zero, so the block is no identity and the comparison means something."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, t in module.state_dict().items():
-            if name.endswith("running_var"):
-                t.copy_(torch.rand(t.shape, generator=gen, dtype=t.dtype) + 0.5)
-            elif t.is_floating_point():
-                t.copy_(0.3 * torch.randn(t.shape, generator=gen, dtype=t.dtype))
-    return module
-
-
 def mmcv_module(dims: int = 2, mode: str = "embedded_gaussian", **kwargs: Any) -> torch.nn.Module:
     """A real mmcv ``NonLocal{dims}d`` with random weights (skips without mmcv)."""
     mmcv_cnn = pytest.importorskip("mmcv.cnn")
-    return randomise_(getattr(mmcv_cnn, f"NonLocal{dims}d")(16, mode=mode, **kwargs))
+    return randomise_state_(getattr(mmcv_cnn, f"NonLocal{dims}d")(16, mode=mode, **kwargs))
 
 
 def rows(out: str) -> dict[str, list[str]]:
@@ -127,7 +115,7 @@ def test_check_finds_the_only_nested_state_dict(capsys, tmp_path):
 def test_check_without_the_reference_module_says_so(capsys, tmp_path):
     """SlowFast is not pip-installable: the output says its module was not compared and
     reports the round trip and the naive block instead."""
-    block = randomise_(NonLocalBlock3d.from_preset("slowfast", 16))
+    block = randomise_state_(NonLocalBlock3d.from_preset("slowfast", 16))
     path = tmp_path / "slowfast.pt"
     torch.save(block.to_reference("slowfast"), path)
     assert cli.main(["check", str(path), "--layout", "slowfast", "--mode", "dot_product"]) == 0
@@ -170,7 +158,7 @@ def test_check_fails_when_the_conversion_disagrees_with_mmcv(capsys, tmp_path, m
 
 
 def test_check_fails_above_the_tolerance(capsys, tmp_path, monkeypatch):
-    block = randomise_(NonLocalBlock2d.from_preset("alexhex7", 16))
+    block = randomise_state_(NonLocalBlock2d.from_preset("alexhex7", 16))
     path = tmp_path / "alexhex7.pt"
     torch.save(block.to_reference("alexhex7"), path)
     monkeypatch.setattr(nlgraph._check, "CHECK_ATOL", -1.0)
@@ -183,7 +171,7 @@ def test_check_fails_above_the_tolerance(capsys, tmp_path, monkeypatch):
 def checkpoint(tmp_path: Path) -> Path:
     """An mmcv-layout state_dict written by nlgraph (no mmcv needed)."""
     path = tmp_path / "nl.pt"
-    block = randomise_(NonLocalBlock2d.from_preset("mmcv", 16, sub_sample=True))
+    block = randomise_state_(NonLocalBlock2d.from_preset("mmcv", 16, sub_sample=True))
     torch.save({"state_dict": block.to_reference("mmcv"), "epoch": 1}, path)
     return path
 

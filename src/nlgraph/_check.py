@@ -15,11 +15,11 @@ from typing import Any
 
 import torch
 
-from ._cli_util import importable, table, version_of
+from ._cli_util import device_error, importable, table, version_of
 from ._naive import naive_from_block
 from .nn import NonLocalBlock1d, NonLocalBlock2d, NonLocalBlock3d
 
-__all__ = ["CHECK_ATOL", "CHECK_SCALES", "CheckError", "check", "device_error", "load_checkpoint"]
+__all__ = ["CHECK_ATOL", "CHECK_SCALES", "CheckError", "check", "load_checkpoint"]
 
 
 #: ``check``'s tolerance in float64: max |z_nlgraph - z_other| on the random input.
@@ -54,22 +54,6 @@ def _as_flag(exc: Exception) -> CheckError:
     if sep and head in _CHECK_FLAGS:
         text = f"{_CHECK_FLAGS[head]}{name[len(head) :]}: {rest}"
     return CheckError(text)
-
-
-def device_error(device: str) -> str | None:
-    """Why ``device`` cannot be used here (``"--device: expected ..., got ..."``), or None."""
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        return f"--device: expected a device such as cpu or cuda:0, got {device!r}"
-    if dev.type not in ("cpu", "cuda"):
-        return f"--device: expected cpu or cuda, got {device!r}"
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        return f"--device: expected cpu (no CUDA device is available here), got {device!r}"
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        last = torch.cuda.device_count() - 1
-        return f"--device: expected cuda:0 to cuda:{last}, got {device!r}"
-    return None
 
 
 def load_checkpoint(path: Path, key: str | None = None) -> tuple[dict[str, Any], str]:

@@ -8,7 +8,9 @@ import warnings
 from collections.abc import Sequence
 from importlib import metadata
 
-__all__ = ["importable", "table", "version_of"]
+import torch
+
+__all__ = ["device_error", "importable", "table", "version_of"]
 
 
 def version_of(dist: str) -> str:
@@ -41,3 +43,19 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
         cells = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])]
         lines.append(" | ".join(cells))
     return "\n".join(lines)
+
+
+def device_error(device: str) -> str | None:
+    """Why ``device`` cannot be used here (``"--device: expected ..., got ..."``), or None."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        return f"--device: expected a device such as cpu or cuda:0, got {device!r}"
+    if dev.type not in ("cpu", "cuda"):
+        return f"--device: expected cpu or cuda, got {device!r}"
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        return f"--device: expected cpu (no CUDA device is available here), got {device!r}"
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        last = torch.cuda.device_count() - 1
+        return f"--device: expected cuda:0 to cuda:{last}, got {device!r}"
+    return None

@@ -27,8 +27,8 @@ from pathlib import Path
 import torch
 
 from . import __version__
-from ._check import CHECK_ATOL, CheckError, check, device_error, load_checkpoint
-from ._cli_util import importable, table, version_of
+from ._check import CHECK_ATOL, CheckError, check, load_checkpoint
+from ._cli_util import device_error, importable, table, version_of
 from ._measure import format_bytes, format_seconds, median_time, peak_memory
 from ._naive import concat_tensor_bytes, naive_from_block
 from .graphs import KNN, GraphSpec, Window

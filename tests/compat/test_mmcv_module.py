@@ -10,6 +10,7 @@ import torch
 
 from nlgraph.compat import from_reference
 from nlgraph.nn import NonLocalBlock2d
+from tests.helpers import randomise_state_
 
 mmcv_cnn = pytest.importorskip("mmcv.cnn")
 
@@ -29,23 +30,13 @@ def _cases() -> list[Any]:
     return out
 
 
-def _randomise(module: torch.nn.Module, seed: int) -> None:
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, t in module.state_dict().items():
-            if name.endswith("running_var"):
-                t.copy_(torch.rand(t.shape, generator=gen, dtype=t.dtype) + 0.5)
-            elif t.is_floating_point():
-                t.copy_(0.3 * torch.randn(t.shape, generator=gen, dtype=t.dtype))
-
-
 @pytest.mark.parametrize(("dims", "mode", "sub_sample", "norm", "use_scale"), _cases())
 def test_matches_mmcv(dims: int, mode: str, sub_sample: bool, norm: bool, use_scale: bool) -> None:
     cls = getattr(mmcv_cnn, f"NonLocal{dims}d")
     norm_cfg = {"type": NORMS[dims]} if norm else None
     reference = cls(8, sub_sample=sub_sample, mode=mode, norm_cfg=norm_cfg, use_scale=use_scale)
     reference = reference.double()
-    _randomise(reference, seed=dims * 100 + len(mode))
+    randomise_state_(reference, seed=dims * 100 + len(mode))
     x = torch.randn(2, 8, *SHAPES[dims], dtype=torch.float64)
     kwargs = {} if use_scale else {"scale": None}
     for train in (False, True):
