@@ -18,7 +18,7 @@ reported as mean ± std. Run::
 
     MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=1099511627776 python examples/relational_detection.py --threads 1
 
-Runtime: about 10 minutes with ``--threads 1`` on a 2-core CPU (the default: 4 models x 3
+Runtime: about 8 minutes with ``--threads 1`` on a 2-core CPU (the default: 4 models x 3
 seeds). It prints a table and writes ``<out-dir>/relational_detection.md`` and ``.png``
 (default ``./nlgraph-results``; the repository's copy is in ``examples/results/``, written with
 ``--out-dir examples/results``). ``--quick`` runs ``SMOKE_ARGS``, a run of seconds (the example
@@ -39,6 +39,7 @@ from torch import Tensor, nn
 
 from nlgraph.nn import ObjectRelation
 from nlgraph.nodes import roi_features
+from nlgraph.viz import plot_graph
 
 #: Default results folder, relative to the working directory (never the tracked
 #: examples/results/: regenerate those with ``--out-dir examples/results``).
@@ -273,6 +274,25 @@ def _majority_rate(data: list) -> float:
     return float(torch.bincount(labels, minlength=3).max()) / max(len(labels), 1)
 
 
+def _plot_relation(
+    model: BoxClassifier, image: Tensor, boxes: Tensor, is_target: Tensor, ax
+) -> None:
+    """nlgraph.viz.plot_graph: the relation weights into one target box, over the scene (the
+    head that puts most weight on a single other box)."""
+    batch = torch.zeros(len(boxes), dtype=torch.long)
+    with torch.no_grad():
+        roi = roi_features(
+            model.backbone(image[None]), boxes, batch, output_size=4, spatial_scale=0.5
+        )
+        _, attn = model.relation(model.box_mlp(roi.flatten(1)), boxes, batch, return_attention=True)
+    target = int(is_target.nonzero()[0])
+    others = attn.to_dense()[:, target].clone()  # (heads, R): weights into the target box
+    others[:, target] = 0
+    head = int(others.amax(1).argmax())  # the head most focused on one other box
+    plot_graph(attn, [target], image.clamp(0, 1), ax=ax, sample=head, boxes=boxes, linewidth=4.0)
+    ax.set(title=f"relation weights into target box {target} (head {head})", xticks=[], yticks=[])
+
+
 def _plot(results: dict, path: Path, test_data: list) -> None:
     import matplotlib
 
@@ -280,7 +300,7 @@ def _plot(results: dict, path: Path, test_data: list) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
 
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
+    fig, axes = plt.subplots(1, 4, figsize=(18.5, 4.2))
     for name, r in results.items():
         epochs = range(1, len(r["curve"]) + 1)
         axes[0].plot(epochs, [c["target"] for c in r["curve"]], marker="o", label=name)
@@ -300,6 +320,10 @@ def _plot(results: dict, path: Path, test_data: list) -> None:
         if tgt:
             axes[2].text(b[0], b[1] - 1, f"{NAMES[p]}", color=colour, fontsize=8)
     axes[2].set(title="test scene 0: 'relation' predictions on the targets", xticks=[], yticks=[])
+    if "relation" in results:
+        _plot_relation(model, image, boxes, is_target, axes[3])
+    else:
+        axes[3].axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -254,6 +254,84 @@ def test_plot_graph_errors(source, kwargs, error, message) -> None:
         plot_graph(**args)
 
 
+# --------------------------------------------------------------------------- object graphs (boxes)
+
+BOXES = torch.tensor(
+    [
+        [0.0, 0.0, 8.0, 8.0],
+        [10.0, 0.0, 20.0, 6.0],
+        [4.0, 12.0, 12.0, 20.0],
+        [30.0, 30.0, 34.0, 40.0],
+    ]
+)
+
+
+def _box_attention(heads: int = 3):
+    from nlgraph import ObjectRelation
+
+    module = ObjectRelation(12, num_heads=heads, key_channels=8, geo_channels=8)
+    _, attn = module(torch.randn(4, 12), BOXES, return_attention=True)
+    return attn
+
+
+def test_plot_graph_over_boxes_joins_centres_weighted_by_the_head() -> None:
+    attn = _box_attention()
+    ax = plot_graph(attn, [1, 3], sample=2, linewidth=3.0, boxes=BOXES)
+    lines = _segments(ax)
+    centres = ((BOXES[:, :2] + BOXES[:, 2:]) / 2).tolist()
+    dense = attn.to_dense()[2].detach()  # head 2: (R queries, R keys)
+    weights = []
+    for (kx, ky), (qx, qy) in lines.get_segments():
+        key, query = centres.index([kx, ky]), centres.index([qx, qy])
+        assert query in (1, 3)
+        weights.append(float(dense[query, key]))
+    assert len(weights) == 2 * 3  # the full box graph: every other box into each query box
+    w = torch.tensor(weights)
+    widths = torch.as_tensor(lines.get_linewidths(), dtype=torch.float32)
+    torch.testing.assert_close(widths, 3.0 * w / w.max())
+    # every box is a rectangle with the box's corner and size; the query boxes are red
+    rects = ax.patches
+    assert [(p.get_x(), p.get_y(), p.get_width(), p.get_height()) for p in rects] == [
+        (x1, y1, x2 - x1, y2 - y1) for x1, y1, x2, y2 in BOXES.tolist()
+    ]
+    red = [i for i, p in enumerate(rects) if p.get_edgecolor()[:3] == (1.0, 0.0, 0.0)]
+    assert red == [1, 3]
+
+
+def test_plot_graph_over_boxes_with_an_edge_index_and_an_image() -> None:
+    edge_index = torch.tensor([[0, 2, 3, 1], [1, 1, 0, 1]])  # 0, 2 -> box 1; 3 -> box 0; a loop
+    image = torch.rand(3, 48, 48)
+    ax = plot_graph(edge_index, 1, image, boxes=BOXES, color="blue")
+    segs = _segments(ax).get_segments()
+    assert [s.tolist() for s in segs] == [[[4.0, 4.0], [15.0, 3.0]], [[8.0, 16.0], [15.0, 3.0]]]
+    assert ax.get_images()[0].get_array().shape == (48, 48, 3)
+
+
+@pytest.mark.parametrize(
+    ("source", "kwargs", "error", "message"),
+    [
+        (
+            "attn",
+            {"queries": [4]},
+            IndexError,
+            r"queries\[0\]: expected a box index in \[0, 4\), got 4",
+        ),
+        ("attn", {"queries": [(0, 0)]}, TypeError, r"queries\[0\]: expected a box index \(int\)"),
+        ("attn", {"queries": []}, ValueError, "queries: expected a box index or a non-empty"),
+        ("attn", {"boxes": BOXES[:3]}, ValueError, r"boxes: expected one box per node \(4 queries"),
+        ("attn", {"boxes": BOXES[:, :3]}, ValueError, "boxes: expected a 2-D .R, 4. tensor"),
+        ("ei", {}, IndexError, r"expected edge_index values in \[0, 4\) \(the boxes\)"),
+        ("attn", {"sample": 5}, IndexError, "sample: expected an index"),
+    ],
+)
+def test_plot_graph_over_boxes_errors(source, kwargs, error, message) -> None:
+    sources = {"attn": _box_attention(), "ei": torch.tensor([[0, 7], [1, 2]])}
+    args = {"attn_or_graph": sources[source], "queries": [0], "boxes": BOXES}
+    args.update(kwargs)
+    with pytest.raises(error, match=message):
+        plot_graph(**args)
+
+
 # --------------------------------------------------------------------------- optional matplotlib
 
 

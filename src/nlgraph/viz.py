@@ -1,8 +1,9 @@
 r"""Drawing attention weights and edge sets over 2-D feature maps (needs matplotlib).
 
 :func:`attention_map` draws the weights of one query as a heatmap over the key grid (or over an
-image); :func:`plot_graph` draws the edges of a few queries as lines. Both take the
-:class:`~nlgraph.Attention` of a 2-D block called with ``return_attention=True`` and draw on a
+image); :func:`plot_graph` draws the edges of a few queries as lines, over a grid or, with
+``boxes=``, over object boxes (an :class:`~nlgraph.ObjectRelation` graph). Both take the
+:class:`~nlgraph.Attention` of a block called with ``return_attention=True`` and draw on a
 matplotlib ``Axes`` (the current one by default); neither calls ``plt.show()``.
 
 matplotlib is optional (``pip install "nlgraph[viz]"``): it is imported when a function draws,
@@ -361,6 +362,120 @@ def _edges_of(
     return edge_index.cpu(), None, qgrid, kgrid
 
 
+def _weights_segments(
+    edge_index: Tensor, w: Tensor | None, flat: list[int], color: str, linewidth: float
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(keys, queries, widths, rgba) of the edges into ``flat``: widths and opacity in
+    proportion to the weights (the heaviest drawn edge gets ``linewidth``), or all alike."""
+    from matplotlib.colors import to_rgba
+
+    sel = torch.isin(edge_index[1], torch.tensor(flat, dtype=torch.long))
+    src, dst = edge_index[0][sel], edge_index[1][sel]
+    rgba = torch.tensor(to_rgba(color)).repeat(len(src), 1)
+    widths = torch.full((len(src),), float(linewidth))
+    if w is not None and len(src):
+        ws = w[sel].clamp(min=0)
+        top = float(ws.max())
+        rel = ws / top if top > 0 else torch.zeros_like(ws)
+        widths = rel * float(linewidth)
+        rgba[:, 3] = rel
+    return src, dst, widths, rgba
+
+
+def _check_linewidth(linewidth: Any) -> None:
+    if not isinstance(linewidth, (int, float)) or isinstance(linewidth, bool) or linewidth <= 0:
+        raise ValueError(f"linewidth: expected a positive float, got {linewidth!r}")
+
+
+def _plot_box_graph(
+    source: Any,
+    queries: Any,
+    image: Any,
+    ax: Any,
+    boxes: Any,
+    sample: Any,
+    color: str,
+    linewidth: float,
+    mark_queries: bool,
+) -> Axes:
+    """:func:`plot_graph` over object boxes: nodes are the R boxes, lines join box centres."""
+    from .nodes import check_boxes
+
+    boxes = check_boxes(boxes).detach().float().cpu()
+    r = boxes.shape[0]
+    ids = [queries] if _is_int(queries) else queries
+    if not isinstance(ids, Sequence) or isinstance(ids, (str, bytes)) or not ids:
+        raise ValueError(
+            f"queries: expected a box index or a non-empty sequence of them, got {queries!r}"
+        )
+    for i, q in enumerate(ids):
+        if not _is_int(q):
+            raise TypeError(f"queries[{i}]: expected a box index (int), got {q!r}")
+        if not 0 <= int(q) < r:
+            raise IndexError(f"queries[{i}]: expected a box index in [0, {r}), got {int(q)}")
+    _check_linewidth(linewidth)
+    if isinstance(source, Attention):
+        b = _check_sample(sample, source._shape[0])
+        n, m = source.num_queries, source.num_keys
+        edge_index, wt = source.edges(b)
+        w: Tensor | None = wt.detach().float().cpu()
+    elif isinstance(source, RegularGraph):
+        n, m = source.num_queries, source.num_keys
+        edge_index, w = source.to_coo(_check_sample(sample, source.index.shape[0])).edge_index, None
+    elif isinstance(source, COOGraph):
+        n, m, edge_index, w = source.num_queries, source.num_keys, source.edge_index, None
+    elif isinstance(source, Tensor):
+        if source.dim() != 2 or source.shape[0] != 2 or source.dtype != torch.long:
+            raise ValueError(
+                "attn_or_graph: expected a (2, E) int64 edge_index, got shape "
+                f"{tuple(source.shape)}, dtype {source.dtype}"
+            )
+        n = m = r
+        edge_index, w = source, None
+        if source.numel() and (int(source.min()) < 0 or int(source.max()) >= r):
+            raise IndexError(
+                f"attn_or_graph: expected edge_index values in [0, {r}) (the boxes), got values "
+                f"in [{int(source.min())}, {int(source.max())}]"
+            )
+    else:
+        raise TypeError(
+            "attn_or_graph: expected an Attention, a (2, E) edge_index tensor, a COOGraph or a "
+            f"RegularGraph, got {type(source).__name__}"
+        )
+    if (n, m) != (r, r):
+        raise ValueError(f"boxes: expected one box per node ({n} queries, {m} keys), got {r} boxes")
+    plt = _pyplot()
+    from matplotlib.collections import LineCollection
+    from matplotlib.patches import Rectangle
+
+    ax = plt.gca() if ax is None else ax
+    edge_index = edge_index.cpu()
+    loops = edge_index[0] == edge_index[1]  # a box to itself: no line to draw
+    edge_index, w = edge_index[:, ~loops], None if w is None else w[~loops]
+    src, dst, widths, rgba = _weights_segments(
+        edge_index, w, [int(q) for q in ids], color, linewidth
+    )
+    centres = (boxes[:, :2] + boxes[:, 2:]) / 2  # (R, 2) as (x, y)
+    segments = torch.stack([centres[src], centres[dst]], 1)
+    if image is not None:
+        img = _image(image)
+        ax.imshow(img.numpy(), cmap="gray" if img.dim() == 2 else None)
+    else:
+        lo, hi = boxes[:, :2].min(0).values, boxes[:, 2:].max(0).values
+        pad = 0.05 * float((hi - lo).max().clamp(min=1.0))
+        ax.set_xlim(float(lo[0]) - pad, float(hi[0]) + pad)
+        ax.set_ylim(float(hi[1]) + pad, float(lo[1]) - pad)
+        ax.set_aspect("equal")
+    marked = {int(q) for q in ids} if mark_queries else set()
+    for i, (x1, y1, x2, y2) in enumerate(boxes.tolist()):
+        edge = "red" if i in marked else "white" if image is not None else "gray"
+        ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, ec=edge, lw=1.2))
+    ax.add_collection(
+        LineCollection(segments.tolist(), linewidths=widths.numpy(), colors=rgba.numpy())
+    )
+    return ax
+
+
 def plot_graph(
     attn_or_graph: Attention | Tensor | COOGraph | RegularGraph,
     queries: Sequence[tuple[int, int]] | tuple[int, int],
@@ -373,6 +488,7 @@ def plot_graph(
     color: str = "tab:orange",
     linewidth: float = 2.0,
     mark_queries: bool = True,
+    boxes: Tensor | None = None,
 ) -> Axes:
     """Draw the edges of a few queries as lines from each key to its query.
 
@@ -401,10 +517,18 @@ def plot_graph(
             query grid for a plain ``edge_index``)
         color (str): line colour. (default: ``"tab:orange"``)
         linewidth (float): width of the heaviest (or every) line, > 0. (default: 2.0)
-        mark_queries (bool): mark the query positions with red dots. (default: ``True``)
+        mark_queries (bool): mark the query positions with red dots (with ``boxes``: draw the
+            query boxes in red). (default: ``True``)
+        boxes (Tensor, optional): (R, 4) boxes ``(x1, y1, x2, y2)`` in the pixels of ``image``:
+            the nodes are then boxes, not grid cells. ``queries`` are box indices, lines join
+            box centres (self-loops are left out, and so is their weight from the scaling),
+            every box is drawn as a rectangle, and the graph must have R queries
+            and R keys (an :class:`~nlgraph.ObjectRelation`'s attention, whose ``sample`` is
+            the head, or an edge set over the boxes). (default: ``None``)
 
     Returns:
-        matplotlib.axes.Axes: ``ax``, with the LineCollection in ``ax.collections``.
+        matplotlib.axes.Axes: ``ax``, with the LineCollection in ``ax.collections`` (and, with
+        ``boxes``, one Rectangle per box in ``ax.patches``).
 
     Shapes:
         - ``edge_index``: (2, E); the LineCollection: one segment per edge whose query is in
@@ -426,38 +550,42 @@ def plot_graph(
         >>> len(ax.collections[0].get_segments())  # 4 + 9 neighbours
         13
         >>> plt.close(fig)
+
+        Over boxes, with an object graph's weights:
+
+        >>> from nlgraph import ObjectRelation
+        >>> boxes = torch.tensor([[0.0, 0, 8, 8], [10, 0, 20, 6], [4, 12, 12, 20]])
+        >>> _, attn = ObjectRelation(16, num_heads=2)(torch.randn(3, 16), boxes, return_attention=True)
+        >>> fig, ax = plt.subplots()
+        >>> ax = plot_graph(attn, [0], ax=ax, boxes=boxes)  # box 0's edges, head 0
+        >>> len(ax.collections[0].get_segments()), len(ax.patches)  # boxes 1, 2 -> box 0
+        (2, 3)
+        >>> plt.close(fig)
     """
+    if boxes is not None:
+        return _plot_box_graph(
+            attn_or_graph, queries, image, ax, boxes, sample, color, linewidth, mark_queries
+        )
     if _is_seq2(queries):
         pairs: list[Any] = [queries]
     elif isinstance(queries, Sequence) and not isinstance(queries, (str, bytes)) and queries:
         pairs = list(queries)
     else:
         raise ValueError(f"queries: expected a non-empty sequence of (y, x) pairs, got {queries!r}")
-    if not isinstance(linewidth, (int, float)) or isinstance(linewidth, bool) or linewidth <= 0:
-        raise ValueError(f"linewidth: expected a positive float, got {linewidth!r}")
+    _check_linewidth(linewidth)
     img = None if image is None else _image(image)
     image_hw = None if img is None else (int(img.shape[0]), int(img.shape[1]))
     edge_index, w, qgrid, kgrid = _edges_of(attn_or_graph, sample, query_shape, key_shape, image_hw)
     flat = [_check_query(f"queries[{i}]", q, qgrid) for i, q in enumerate(pairs)]
     plt = _pyplot()
     from matplotlib.collections import LineCollection
-    from matplotlib.colors import to_rgba
 
     ax = plt.gca() if ax is None else ax
     frame = qgrid if image_hw is None else image_hw
-    sel = torch.isin(edge_index[1], torch.tensor(flat, dtype=torch.long))
-    src, dst = edge_index[0][sel], edge_index[1][sel]
+    src, dst, widths, rgba = _weights_segments(edge_index, w, flat, color, linewidth)
     ky, kx = _to_frame(torch.stack([src // kgrid[1], src % kgrid[1]], 1), kgrid, frame)
     qy, qx = _to_frame(torch.stack([dst // qgrid[1], dst % qgrid[1]], 1), qgrid, frame)
     segments = torch.stack([torch.stack([kx, ky], 1), torch.stack([qx, qy], 1)], 1)
-    rgba = torch.tensor(to_rgba(color)).repeat(len(src), 1)
-    widths = torch.full((len(src),), float(linewidth))
-    if w is not None and len(src):
-        ws = w[sel].clamp(min=0)
-        top = float(ws.max())
-        rel = ws / top if top > 0 else torch.zeros_like(ws)
-        widths = rel * float(linewidth)
-        rgba[:, 3] = rel
     if img is not None:
         ax.imshow(img.numpy(), cmap="gray" if img.dim() == 2 else None)
     else:
