@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import os
 import subprocess
@@ -26,8 +27,14 @@ def test_info_prints_versions(capsys):
     out = capsys.readouterr().out
     assert f"nlgraph                  : {nlgraph.__version__}" in out
     assert torch.__version__ in out
-    for key in ("torch_geometric", "CPU threads", "torch-scatter importable", "allocator"):
+    for key in ("torch_geometric", "CPU threads", "CUDA", "allocator"):
         assert key in out
+    # every optional backend, and whether it imports here (find_spec as the independent check)
+    for dist, module in (("torch-scatter", "torch_scatter"), ("faiss", "faiss"),
+                         ("triton", "triton"), ("matplotlib", "matplotlib")):  # fmt: skip
+        line = next(ln for ln in out.splitlines() if ln.startswith(f"{dist} importable"))
+        installed = importlib.util.find_spec(module) is not None
+        assert line.split(" : ")[1].startswith("yes" if installed else "no"), line
 
 
 def test_info_hints_at_the_allocator_when_unset(capsys, monkeypatch):

@@ -45,7 +45,16 @@ DEMO_ATOL = 1e-3
 DEMO_OUT_DIR = "nlgraph-demo"
 #: The demo skips the naive concatenation when its 2C'×N×N' tensor would exceed this.
 NAIVE_CONCAT_BUDGET = 3 * 2**29  # 1.5 GiB: N = 48x48 runs, 64x64 (4 GiB) does not
-OPTIONAL_PACKAGES = (("torch-scatter", "torch_scatter"), ("faiss", "faiss"), ("mmcv", "mmcv"))
+#: Optional packages ``info`` reports (distribution, module): the backends (torch-scatter
+#: segments, faiss k-NN search, triton fused kernels), the ``viz`` extra and the reference module
+#: ``check`` compares with.
+OPTIONAL_PACKAGES = (
+    ("torch-scatter", "torch_scatter"),
+    ("faiss", "faiss"),
+    ("triton", "triton"),
+    ("matplotlib", "matplotlib"),
+    ("mmcv", "mmcv"),
+)
 
 
 def info(
