@@ -20,7 +20,7 @@ OUTSIDE = {
     "examples/results": ("*.md", "*.png"),
     "benchmarks/results": ("*.md",),
     "examples": ("*.py",),
-    "benchmarks": ("*.py",),
+    "benchmarks": ("*.py", "README.md"),
 }
 _LINK_RE = re.compile(r"(\]\()((?:\.\./)+)((?:examples|benchmarks)/)")
 

@@ -151,7 +151,7 @@ def test_bad_arguments_exit_with_usage(argv):
 
 
 def test_bench_without_a_checkout_explains_how_to_run(capsys, monkeypatch, tmp_path):
-    monkeypatch.setattr(cli, "_bench_script", lambda: tmp_path / "missing.py")
+    monkeypatch.setattr(cli, "_bench_script", lambda area="dense": tmp_path / "missing.py")
     assert cli.main(["bench", "--quick"]) == 2
     assert "benchmarks/dense.py" in capsys.readouterr().out
 
@@ -204,6 +204,7 @@ def test_cli_bench_writes_under_the_working_directory(tmp_path, capsys):
     assert "- device: cpu" in text  # the results record the device
     captured = capsys.readouterr()
     assert str(out) in captured.out
+    assert "## Forward (no_grad, eval)" in captured.out  # the tables are printed too
     assert "dense:" not in captured.err  # no progress bar when stderr is not a terminal
     assert (tracked.read_bytes() if tracked.is_file() else None) == before
 
@@ -212,7 +213,7 @@ def test_cli_bench_passes_its_flags_on(tmp_path, monkeypatch):
     """The flags given go to benchmarks/dense.py, with --out from --out-dir (relative to the
     working directory) or --out itself."""
     seen: list[list[str]] = []
-    monkeypatch.setattr(cli, "bench", lambda args: seen.append(list(args)) or 0)
+    monkeypatch.setattr(cli, "bench", lambda args, area: seen.append(list(args)) or 0)
     argv = ["bench", "--quick", "--only", "gaussian", "--only", "dot_product", "--repeat", "3"]
     assert cli.main([*argv, "--warmup", "0", "--device", "cpu", "--out-dir", "runs/a"]) == 0
     assert cli.main(["bench", "--out", "x.md"]) == 0
@@ -223,6 +224,37 @@ def test_cli_bench_passes_its_flags_on(tmp_path, monkeypatch):
         ["--out", str(tmp_path / "x.md")],
         ["--out", str(tmp_path / "nlgraph-bench" / "dense.md")],
     ]  # fmt: skip
+
+
+def test_cli_bench_runs_each_area_in_turn(tmp_path, monkeypatch, capsys):
+    """AREA arguments: each script once, in the benchmarks' order, its results file under
+    --out-dir; the device goes only to the scripts that take one; a progress line per area."""
+    seen: list[tuple[str, list[str]]] = []
+    monkeypatch.setattr(cli, "bench", lambda args, area: seen.append((area, list(args))) or 0)
+    assert cli.main(["bench", "kernels", "graphs", "kernels", "--quick", "--device", "cpu"]) == 0
+    out = tmp_path / "nlgraph-bench"
+    assert seen == [
+        ("graphs", ["--quick", "--out", str(out / "graphs.md")]),
+        ("kernels", ["--quick", "--out", str(out / "kernels.md")]),
+    ]
+    assert capsys.readouterr().err.splitlines() == ["bench [1/2]: graphs", "bench [2/2]: kernels"]
+    seen.clear()
+    assert cli.main(["bench", "all"]) == 0
+    cpu_areas = [a for a in cli.BENCH_AREAS if a != "gpu"]
+    assert [area for area, _ in seen] == cpu_areas
+
+
+def test_bench_areas_for_a_cuda_device(capsys):
+    """``all`` with a CUDA device runs the areas that take a device (gpu included); a CPU-only
+    area named with a CUDA device is an error. Only the device's type is read: no GPU needed."""
+    usage = cli._parser().get_default("_subparsers")["bench"]
+    assert cli._bench_areas(["all"], "cuda", usage) == ["dense", "objects", "gpu"]
+    assert cli._bench_areas([], None, usage) == ["dense"]
+    with pytest.raises(SystemExit):
+        cli._bench_areas(["graphs"], "cuda:0", usage)
+    assert "--device: expected the CPU for graphs (only dense, objects, gpu take a device)" in (
+        capsys.readouterr().err
+    )
 
 
 def test_cli_bench_help_lists_its_flags(capsys):
@@ -243,10 +275,12 @@ def test_cli_bench_help_lists_its_flags(capsys):
         (["--only", "dotproduct"], "--only: expected one of gaussian, embedded_gaussian, "),
         (["--repeat", "0"], "--repeat: expected an int >= 1, got 0"),
         (["--device", "tpu"], "--device: expected a device such as cpu or cuda:0, got 'tpu'"),
+        (["dens"], "AREA: expected one of dense, graphs, kernels, "),
+        (["dense", "knn", "--out", "x.md"], "--out: expected a single AREA (use --out-dir"),
     ],
 )
 def test_cli_bench_bad_flags_exit_2_with_the_bench_usage(argv, message, capsys, monkeypatch):
-    monkeypatch.setattr(cli, "bench", lambda args: pytest.fail("the benchmark must not run"))
+    monkeypatch.setattr(cli, "bench", lambda *a: pytest.fail("the benchmark must not run"))
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["bench", *argv])
     assert exit_info.value.code == 2

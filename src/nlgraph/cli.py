@@ -365,21 +365,32 @@ def demo_sparse(size: int, channels: int, warmup: int, repeat: int, seed: int) -
     return True
 
 
-def _bench_script() -> Path:
-    return Path(__file__).resolve().parents[2] / "benchmarks" / "dense.py"
-
-
+#: The benchmark scripts ``nlgraph bench`` runs (``benchmarks/<area>.py`` of a source checkout;
+#: ``plots.py`` measures nothing and is not one). ``all`` runs every CPU area; ``gpu`` runs only
+#: when named (or with ``--device cuda``).
+BENCH_AREAS = (
+    "dense", "graphs", "kernels", "knn", "grid_knn", "recall", "objects", "amp", "compile",
+    "reliability", "scale", "gpu",
+)  # fmt: skip
+#: The areas whose script takes ``--device`` (the others measure the CPU).
+BENCH_DEVICE_AREAS = ("dense", "objects", "gpu")
 #: Where ``nlgraph bench`` writes its results without ``--out``: a folder under the current
 #: working directory, never the checkout's tracked ``benchmarks/results/``.
 BENCH_OUT_DIR = "nlgraph-bench"
 
 
-def bench(args: Sequence[str]) -> int:
-    """Run ``benchmarks/dense.py``'s ``main(args)`` from a source checkout, if there is one;
-    without ``--out`` in ``args`` the results go to ``./nlgraph-bench/dense.md``.
+def _bench_script(area: str = "dense") -> Path:
+    return Path(__file__).resolve().parents[2] / "benchmarks" / f"{area}.py"
+
+
+def bench(args: Sequence[str], area: str = "dense") -> int:
+    """Run ``benchmarks/<area>.py``'s ``main(args)`` from a source checkout, if there is one, and
+    print the results file it wrote; without ``--out`` in ``args`` the results go to
+    ``./nlgraph-bench/<area>.md``.
 
     Args:
-        args (list of str): ``benchmarks/dense.py``'s flags (``nlgraph bench`` builds them).
+        args (list of str): the script's flags (``nlgraph bench`` builds them).
+        area (str): one of :data:`BENCH_AREAS`. (default: ``"dense"``)
 
     Returns:
         int: the benchmark's exit code; 2 without a source checkout.
@@ -388,23 +399,51 @@ def bench(args: Sequence[str]) -> int:
     outs = [b for a, b in zip(args, args[1:]) if a == "--out"]
     outs += [a.split("=", 1)[1] for a in args if a.startswith("--out=")]
     if not outs:
-        outs = [str(Path.cwd() / BENCH_OUT_DIR / "dense.md")]
+        outs = [str(Path.cwd() / BENCH_OUT_DIR / f"{area}.md")]
         args += ["--out", outs[0]]
     print(f"bench: writing the results to {outs[-1]}")
-    script = _bench_script()
+    script = _bench_script(area)
     if not script.is_file():
         print(
-            "bench: benchmarks/dense.py is not next to this installation (it ships with the "
+            f"bench: benchmarks/{area}.py is not next to this installation (it ships with the "
             "source checkout). Clone the repository and run, from its root:\n"
-            f"  {ALLOCATOR_HINT} python benchmarks/dense.py [--quick] [--only MODE]"
+            f"  {ALLOCATOR_HINT} python benchmarks/{area}.py [--quick] [--only MODE]"
         )
         return 2
-    spec = importlib.util.spec_from_file_location("nlgraph_bench_dense", script)
+    spec = importlib.util.spec_from_file_location(f"nlgraph_bench_{area}", script)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
-    return int(module.main(args) or 0)
+    code = int(module.main(args) or 0)
+    out = Path(outs[-1])
+    if out.is_file():
+        print(f"\n{out.read_text()}")
+    return code
+
+
+def _bench_areas(
+    names: Sequence[str], device: str | None, usage: argparse.ArgumentParser
+) -> list[str]:
+    """The areas to run for the ``AREA`` arguments (default dense; ``all``: every CPU area, and
+    gpu with a CUDA ``--device``), each once, in :data:`BENCH_AREAS` order."""
+    names = list(names) or ["dense"]
+    for name in names:
+        if name != "all" and name not in BENCH_AREAS:
+            usage.error(f"AREA: expected one of {', '.join(BENCH_AREAS)} or all, got {name!r}")
+    cuda = device is not None and torch.device(device).type == "cuda"
+    chosen = {a for a in BENCH_AREAS if a in names or ("all" in names and (a != "gpu" or cuda))}
+    areas = [a for a in BENCH_AREAS if a in chosen]
+    if device is not None and torch.device(device).type != "cpu":
+        cpu_only = [a for a in areas if a not in BENCH_DEVICE_AREAS]
+        if "all" in names:
+            areas = [a for a in areas if a in BENCH_DEVICE_AREAS]
+        elif cpu_only:
+            usage.error(
+                f"--device: expected the CPU for {', '.join(cpu_only)} (only "
+                f"{', '.join(BENCH_DEVICE_AREAS)} take a device), got {device!r}"
+            )
+    return areas
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -436,25 +475,41 @@ def _parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     b = sub.add_parser(
         "bench",
-        help="run benchmarks/dense.py (source checkout): nlgraph vs the naive block",
-        description="Run benchmarks/dense.py from the source checkout: every mode of a dense "
-        "NonLocalBlock2d against the naive bmm+softmax block (time and peak memory, forward "
-        f"and forward+backward). Results go to ./{BENCH_OUT_DIR}/dense.md unless --out or "
-        "--out-dir says otherwise (by default never the checkout's benchmarks/results/).",
+        help="run the benchmarks (source checkout) and print their tables",
+        description="Run benchmarks/<AREA>.py from the source checkout and print the tables "
+        "they write: dense (default: every mode of a dense NonLocalBlock2d against the naive "
+        "bmm+softmax block), graphs, kernels, knn, ... or all. Results go to "
+        f"./{BENCH_OUT_DIR}/<AREA>.md unless --out-dir or --out says otherwise (by default "
+        "never the checkout's benchmarks/results/). Full runs take minutes (dense) to an hour "
+        "(all); --quick is a smoke test of seconds to minutes.",
     )
-    b.add_argument("--quick", action="store_true", help="N = 1024 only, 2 timed runs (smoke test)")
+    b.add_argument(
+        "areas", nargs="*", metavar="AREA",
+        help=f"benchmarks to run: {', '.join(BENCH_AREAS)}, or all (every CPU area; gpu too "
+        "with --device cuda) (default: dense)",
+    )  # fmt: skip
+    b.add_argument(
+        "--quick", action="store_true",
+        help="a small subset of each benchmark, 2 timed runs (dense: N = 1024 only)",
+    )  # fmt: skip
     b.add_argument(
         "--only", action="append", metavar="MODE",
         help=f"run only this mode (repeatable): {', '.join(MODES)}",
     )  # fmt: skip
     b.add_argument("--repeat", type=int, default=None, help="timed runs per case (default: 5)")
     b.add_argument("--warmup", type=int, default=None, help="untimed runs per case (default: 1)")
-    b.add_argument("--device", default=None, help="cpu or cuda[:i] (default: cpu)")
+    b.add_argument(
+        "--device", default=None,
+        help=f"cpu or cuda[:i], for {', '.join(BENCH_DEVICE_AREAS)} (default: cpu)",
+    )  # fmt: skip
     b.add_argument(
         "--out-dir", type=Path, default=Path(BENCH_OUT_DIR),
-        help=f"folder of the results file dense.md (default: ./{BENCH_OUT_DIR})",
+        help=f"folder of the results files <AREA>.md (default: ./{BENCH_OUT_DIR})",
     )  # fmt: skip
-    b.add_argument("--out", type=Path, default=None, help="the results file (overrides --out-dir)")
+    b.add_argument(
+        "--out", type=Path, default=None,
+        help="the results file of a single AREA (overrides --out-dir)",
+    )  # fmt: skip
     c = sub.add_parser(
         "check",
         help="import a checkpoint with from_reference and compare it with the reference module",
@@ -498,7 +553,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _bench_argv(args: argparse.Namespace, usage: argparse.ArgumentParser) -> list[str]:
-    """``benchmarks/dense.py``'s flags for the parsed ``bench`` arguments (errors: usage)."""
+    """The benchmark scripts' flags for the parsed ``bench`` arguments, without ``--out``
+    (errors: ``bench``'s usage)."""
     argv = ["--quick"] if args.quick else []
     for mode in args.only or []:
         if mode not in MODES:
@@ -513,9 +569,24 @@ def _bench_argv(args: argparse.Namespace, usage: argparse.ArgumentParser) -> lis
     if args.device is not None:
         if (why := device_error(args.device)) is not None:
             usage.error(why)
-        argv += ["--device", args.device]
-    out = args.out if args.out is not None else args.out_dir / "dense.md"
-    return argv + ["--out", str(out.resolve())]
+    return argv
+
+
+def _run_benches(args: argparse.Namespace, usage: argparse.ArgumentParser) -> int:
+    """``nlgraph bench``: each area in turn (a progress line per area on stderr); the worst
+    exit code."""
+    argv = _bench_argv(args, usage)
+    areas = _bench_areas(args.areas, args.device, usage)
+    if args.out is not None and len(areas) > 1:
+        usage.error(f"--out: expected a single AREA (use --out-dir for several), got {areas}")
+    code = 0
+    for i, area in enumerate(areas, start=1):
+        if len(areas) > 1:
+            print(f"bench [{i}/{len(areas)}]: {area}", file=sys.stderr, flush=True)
+        out = args.out if args.out is not None else args.out_dir / f"{area}.md"
+        device = ["--device", args.device] if args.device and area in BENCH_DEVICE_AREAS else []
+        code = max(code, bench([*argv, *device, "--out", str(out.resolve())], area))
+    return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -527,7 +598,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if extra:
         usage.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command == "bench":
-        return bench(_bench_argv(args, usage))
+        return _run_benches(args, usage)
     if args.command == "check":
         try:
             return check(
